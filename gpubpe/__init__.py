@@ -1,0 +1,24 @@
+"""gpubpe: exact byte-level BPE tokenizer training, on a GPU or a CPU.
+
+The public API is the names below; everything else is internal.
+
+>>> import gpubpe
+>>> model = gpubpe.train("corpus.txt", vocab_size=32000, special_tokens=["<|endoftext|>"])  # doctest: +SKIP
+>>> model.save("tok/")  # doctest: +SKIP
+"""
+
+from ._api import train, train_bpe
+from .model import BPEModel, load
+from .pretokenize import GPT2_PATTERN, count_pretokens, pretokenize
+
+__all__ = [
+    "BPEModel",
+    "GPT2_PATTERN",
+    "count_pretokens",
+    "load",
+    "pretokenize",
+    "train",
+    "train_bpe",
+]
+
+__version__ = "0.1.0"

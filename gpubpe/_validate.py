@@ -1,0 +1,98 @@
+"""Argument checks at the boundary: before any heavy work, with errors that name the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+BACKENDS = ("auto", "cpu", "cuda", "cuda-sim")
+
+
+def special_tokens(tokens) -> tuple[str, ...]:
+    if tokens is None:
+        return ()
+    if isinstance(tokens, (str, bytes)):
+        raise TypeError(
+            f"special_tokens must be a list of strings, not a single {type(tokens).__name__}: "
+            f"write special_tokens=[{tokens!r}]"
+        )
+    out = tuple(tokens)
+    seen = set()
+    for t in out:
+        if not isinstance(t, str):
+            raise TypeError(f"special tokens must be str, got {type(t).__name__} ({t!r})")
+        if t == "":
+            raise ValueError("special tokens must not be empty strings: remove '' from special_tokens")
+        if t in seen:
+            raise ValueError(f"special token {t!r} is given twice: list each special token once")
+        seen.add(t)
+    return out
+
+
+def vocab_size(size, n_special: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"vocab_size must be an int, got {type(size).__name__} ({size!r})")
+    floor = 256 + n_special
+    if size < floor:
+        raise ValueError(
+            f"vocab_size={size} is too small: the 256 byte tokens and {n_special} special token(s) "
+            f"alone need {floor}; use vocab_size >= {floor}"
+        )
+    return size
+
+
+def backend(name) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}: use one of {', '.join(map(repr, BACKENDS))}")
+    return name
+
+
+def workers(n) -> int:
+    if n is None:
+        return max(1, os.cpu_count() or 1)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"workers must be a positive int or None (all cores), got {n!r}")
+    return n
+
+
+def chunk_size(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"chunk_size must be a positive int (bytes), got {n!r}")
+    return n
+
+
+def input_path(p) -> Path:
+    path = Path(p)
+    if not path.exists():
+        hint = ""
+        if isinstance(p, str) and ("\n" in p or " " in p) and len(p) > 40:
+            hint = " (to train on text in memory, pass an iterator of str, e.g. iter([text]))"
+        raise FileNotFoundError(f"input file not found: {str(p)[:200]!r}{hint}")
+    if path.is_dir():
+        raise IsADirectoryError(f"input {str(p)!r} is a directory: pass the files in it, e.g. sorted(Path(dir).glob('*.txt'))")
+    return path
+
+
+def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
+    """Split the ``inputs`` argument into (paths, text iterable); exactly one is set.
+
+    A path is ``str`` or ``os.PathLike``; a list or tuple of those is several
+    files; any other iterable yields text. Every file is checked here, before
+    any reading.
+    """
+    if isinstance(src, (str, os.PathLike)):
+        paths = [input_path(src)]
+    elif isinstance(src, (list, tuple)) and all(isinstance(x, (str, os.PathLike)) for x in src):
+        if not src:
+            raise ValueError("inputs is an empty list: give at least one file")
+        paths = [input_path(x) for x in src]
+    elif isinstance(src, bytes):
+        raise TypeError("inputs must be a path, a list of paths, or an iterable of str, not bytes: decode it, or write it to a file")
+    elif hasattr(src, "__iter__"):
+        return None, src
+    else:
+        raise TypeError(f"inputs must be a path, a list of paths, or an iterable of str, got {type(src).__name__}")
+    if sum(p.stat().st_size for p in paths) == 0:
+        raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): nothing to train on")
+    return paths, None

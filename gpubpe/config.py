@@ -1,0 +1,19 @@
+"""Tunables, in one place."""
+
+# Bytes per pre-tokenization chunk. Chunks are cut at special tokens or at a
+# safe boundary (see gpubpe.pretokenize), handed to worker processes, and
+# counted independently. Peak memory is about (2 * workers + 1) chunks plus
+# the unique words; 4 MiB keeps two cores busy on a 38 MB corpus.
+CHUNK_SIZE = 4 << 20
+
+# Below this many input bytes no worker pool is started: forking costs more
+# than it saves.
+MIN_PARALLEL_BYTES = 8 << 20
+
+# How often the progress thread reads the merge loop's counter (seconds).
+PROGRESS_INTERVAL = 0.1
+
+# WordTables with at most this many symbols are merged by the plain-Python
+# loop (backends/cpu_small.py): it needs no compilation, and below this size
+# it finishes before Numba would have compiled the fast loop.
+SMALL_TABLE_SYMBOLS = 200_000

@@ -1,0 +1,62 @@
+"""The WordTable: the seam between counting and the merge loop (DESIGN §2).
+
+Every backend takes the same WordTable and returns the same merges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WordTable:
+    """Unique pre-tokens as symbol sequences, CSR by word.
+
+    symbols: int32[total]  token ids (byte values at the start of training)
+    offsets: int64[W + 1]  word ``k`` is ``symbols[offsets[k]:offsets[k + 1]]``
+    counts:  int64[W]      how often word ``k`` occurs (always > 0)
+    """
+
+    symbols: np.ndarray
+    offsets: np.ndarray
+    counts: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.symbols.dtype != np.int32 or self.offsets.dtype != np.int64 or self.counts.dtype != np.int64:
+            raise TypeError("WordTable wants symbols int32, offsets int64, counts int64")
+        if self.offsets.shape[0] != self.counts.shape[0] + 1:
+            raise ValueError("WordTable: offsets must have one entry more than counts")
+
+    @property
+    def num_words(self) -> int:
+        return int(self.counts.shape[0])
+
+    @classmethod
+    def from_counts(cls, word_counts: Mapping[bytes, int]) -> "WordTable":
+        """Build from ``{pre-token bytes: count}``. Words of one byte are kept
+        (they hold no pair, and the merge loop skips them at no cost)."""
+        words = [w for w, c in word_counts.items() if c > 0 and len(w) > 0]
+        counts = np.fromiter((word_counts[w] for w in words), dtype=np.int64, count=len(words))
+        lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+        offsets = np.zeros(len(words) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        symbols = np.frombuffer(b"".join(words), dtype=np.uint8).astype(np.int32)
+        return cls(symbols, offsets, counts)
+
+    @classmethod
+    def from_arrays(cls, buf: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> "WordTable":
+        """Build from the counting stage's arrays: word bytes (uint8), offsets, counts."""
+        return cls(
+            np.ascontiguousarray(buf, dtype=np.uint8).astype(np.int32),
+            np.ascontiguousarray(offsets, dtype=np.int64),
+            np.ascontiguousarray(counts, dtype=np.int64),
+        )
+
+    def to_counts(self) -> dict[bytes, int]:
+        """The table as ``{word bytes: count}`` (symbols must still be bytes)."""
+        raw = self.symbols.astype(np.uint8).tobytes()
+        off = self.offsets
+        return {raw[off[k] : off[k + 1]]: int(self.counts[k]) for k in range(self.num_words)}
