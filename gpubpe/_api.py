@@ -12,8 +12,7 @@ import numpy as np
 
 from . import _validate, backends, config
 from .model import BPEModel
-from .pretokenize import GPT2_PATTERN, count_stream, encode_specials, input_size, iter_chunks
-from .wordtable import WordTable
+from .pretokenize import count_table, encode_specials, input_size, iter_chunks
 
 
 @dataclass
@@ -29,7 +28,6 @@ class TrainStats:
     tokens: int
     pretoken_bytes: int
     seconds_count: float
-    seconds_table: float
     seconds_merge: float
 
     @property
@@ -37,7 +35,7 @@ class TrainStats:
         return self.pretoken_bytes / self.tokens if self.tokens else 0.0
 
     def summary(self) -> str:
-        total = self.seconds_count + self.seconds_table + self.seconds_merge
+        total = self.seconds_count + self.seconds_merge
         return "\n".join(
             [
                 f"backend        {self.backend}",
@@ -45,7 +43,7 @@ class TrainStats:
                 f"pre-tokens     {self.pretokens:,} ({self.unique_words:,} unique)",
                 f"merges         {self.num_merges:,}  (vocab size {self.vocab_size:,})",
                 f"bytes/token    {self.bytes_per_token:.3f} on the training data (special tokens aside)",
-                f"time           count {self.seconds_count:.2f} s, table {self.seconds_table:.2f} s, "
+                f"time           pre-tokenize and count {self.seconds_count:.2f} s, "
                 f"merge {self.seconds_merge:.2f} s, total {total:.2f} s",
             ]
         )
@@ -67,7 +65,7 @@ def _bar(enabled: bool, **kw):
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
 
 
-def _run_merges(run, table: WordTable, num_merges: int, show: bool):
+def _run_merges(run, table, num_merges: int, show: bool):
     """Run the backend; a watcher updates the bar from its progress counter.
 
     The backends release the GIL (Numba ``nogil``, CuPy waits), so the loop
@@ -131,24 +129,20 @@ def train_with_stats(
             bar.update(n)
 
     chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes)
-    counts = count_stream(chunks, specials, workers=nworkers)
+    table = count_table(chunks, specials, workers=nworkers)  # the WordTable: the backend seam
     if bar is not None:
         bar.close()
     if nbytes[0] == 0:
         raise ValueError("the input is empty: nothing to train on")
     t1 = time.perf_counter()
 
-    # 3. the WordTable (the backend seam)
-    table = WordTable.from_counts(counts)
     pretokens = int(table.counts.sum())
     pretoken_bytes = int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum())
-    del counts
-    t2 = time.perf_counter()
 
-    # 4. the merge loop
+    # 3. the merge loop
     num_merges = vocab_size - 256 - len(specials_str)
     merge_ids, ntokens = _run_merges(run, table, num_merges, show)
-    t3 = time.perf_counter()
+    t2 = time.perf_counter()
 
     model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str)
     stats = TrainStats(
@@ -161,8 +155,7 @@ def train_with_stats(
         tokens=int(ntokens),
         pretoken_bytes=pretoken_bytes,
         seconds_count=t1 - t0,
-        seconds_table=t2 - t1,
-        seconds_merge=t3 - t2,
+        seconds_merge=t2 - t1,
     )
     return model, stats
 

@@ -239,6 +239,23 @@ def count_stream(
     return dict(total)
 
 
+def count_table(
+    chunks: Iterator[bytes],
+    specials: tuple[bytes, ...],
+    *,
+    workers: int,
+    pattern: str = GPT2_PATTERN,
+):
+    """Count the chunks' pre-tokens straight into a :class:`~gpubpe.wordtable.WordTable`.
+
+    This is what training uses; the fast pre-tokenizer may build the table's
+    arrays without going through a dict.
+    """
+    from .wordtable import WordTable
+
+    return WordTable.from_counts(count_stream(chunks, specials, workers=workers, pattern=pattern))
+
+
 def count_pretokens(
     source,
     *,

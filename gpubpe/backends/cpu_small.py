@@ -15,6 +15,15 @@ import heapq
 import numpy as np
 
 
+def _desc_key(t: bytes) -> tuple[int, ...]:
+    """A key whose ascending order is the descending byte order of ``t``.
+
+    Each byte b becomes 255 - b, and 256 ends the key, so a proper prefix
+    (the smaller bytes) gets the larger key.
+    """
+    return tuple(255 - c for c in t) + (256,)
+
+
 def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
     raw = symbols.tolist()
     off = offsets.tolist()
@@ -30,42 +39,30 @@ def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
             pcount[p] = pcount.get(p, 0) + c
             where.setdefault(p, set()).add(k)
 
-    # min-heap on -count; ties are settled by comparing bytes among the
-    # entries of the top count (heapq cannot order bytes descending with
-    # the prefix rule in one key).
-    heap = [(-c, p) for p, c in pcount.items()]
+    # heapq is a min-heap: entries are (-count, key(left), key(right), pair)
+    # where key() reverses the byte order, so the smallest entry is the
+    # highest count, then the lexicographically greatest (left, right).
+    keys: list[tuple[int, ...]] = [_desc_key(t) for t in tok]
+    heap = [(-c, keys[p[0]], keys[p[1]], p) for p, c in pcount.items()]
     heapq.heapify(heap)
     merges: list[tuple[int, int]] = []
 
     for m in range(num_merges):
         best = None
         while heap:
-            negc, p = heap[0]
+            negc, _, _, p = heapq.heappop(heap)
             cur = pcount.get(p, 0)
             if cur == -negc and cur > 0:
+                best = p
                 break
-            heapq.heappop(heap)
-            if 0 < cur < -negc:
-                heapq.heappush(heap, (-cur, p))
-        if not heap:
+            if 0 < cur < -negc:  # stale-high entry: re-insert with the true count
+                heapq.heappush(heap, (-cur, keys[p[0]], keys[p[1]], p))
+        if best is None:
             break
-        top = heap[0][0]
-        cands = set()
-        while heap and heap[0][0] == top:
-            negc, p = heapq.heappop(heap)
-            cur = pcount.get(p, 0)
-            if cur == -negc:
-                cands.add(p)
-            elif 0 < cur < -negc:
-                heapq.heappush(heap, (-cur, p))
-        best = max(cands, key=lambda p: (tok[p[0]], tok[p[1]]))
-        for p in cands:
-            if p != best:
-                heapq.heappush(heap, (top, p))
-
         a, b = best
         t = 256 + m
         tok.append(tok[a] + tok[b])
+        keys.append(_desc_key(tok[t]))
         merges.append(best)
         grown = set()
         for k in where.pop(best, ()):
@@ -93,7 +90,7 @@ def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
         # pairs that lost all their count leave the table; grown ones get an entry
         for p in grown:
             if pcount[p] > 0:
-                heapq.heappush(heap, (-pcount[p], p))
+                heapq.heappush(heap, (-pcount[p], keys[p[0]], keys[p[1]], p))
         progress[0] = m + 1
 
     ntokens = sum(len(w) * c for w, c in zip(words, cnt))

@@ -1,0 +1,65 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubpe import backends, config
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# Every backend runs the same test bodies. 'cpu-numba' and 'cpu-python' are
+# the two engines of backend='cpu' (chosen by table size in real runs).
+BACKENDS = [
+    pytest.param("cpu-numba", id="cpu-numba"),
+    pytest.param("cpu-python", id="cpu-python"),
+    pytest.param("cuda-sim", id="cuda-sim"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
+]
+
+
+def merge_fn(name: str):
+    """A callable (WordTable, num_merges) -> int32[n, 2] for backend ``name``."""
+    if name == "cpu-numba":
+        run = backends._cpu("numba")
+    elif name == "cpu-python":
+        run = backends._cpu("python")
+    else:
+        try:
+            run = backends.get(name)
+        except backends.BackendUnavailable as e:
+            pytest.skip(str(e))
+
+    def merge(table, num_merges):
+        merges, _ = run(table, num_merges, np.zeros(1, np.int64))
+        return np.asarray(merges)
+
+    return merge
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_name(request):
+    return request.param
+
+
+@pytest.fixture
+def merge(backend_name):
+    return merge_fn(backend_name)
+
+
+@pytest.fixture
+def train_kwargs(backend_name, monkeypatch):
+    """Keyword arguments that make gpubpe.train use this backend."""
+    if backend_name == "cpu-numba":
+        monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", -1)
+        return {"backend": "cpu"}
+    if backend_name == "cpu-python":
+        monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", 1 << 62)
+        return {"backend": "cpu"}
+    merge_fn(backend_name)  # skips when unavailable
+    return {"backend": backend_name}
+
+
+def max_examples(default: int) -> int:
+    """Hypothesis example counts stay bounded; GPUBPE_MAX_EXAMPLES raises them."""
+    return int(os.environ.get("GPUBPE_MAX_EXAMPLES", default))

@@ -1,0 +1,74 @@
+"""The oracle: a slow, obviously correct BPE trainer (DESIGN §1), written from
+the rules alone. Full recount per merge; no cleverness to get wrong."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import regex
+
+GPT2 = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+def reference_pretokens(data: bytes, special_tokens=()) -> list[bytes]:
+    text = data.decode("utf-8", "surrogateescape")
+    if special_tokens:
+        alts = "|".join(re.escape(s) for s in sorted(special_tokens, key=len, reverse=True))
+        pieces = re.split(alts, text)
+    else:
+        pieces = [text]
+    return [m.encode("utf-8", "surrogateescape") for p in pieces for m in regex.findall(GPT2, p)]
+
+
+def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
+    words = {tuple(bytes([b]) for b in w): c for w, c in word_counts.items() if c > 0}
+    merges = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, c in words.items():
+            for i in range(len(w) - 1):  # every adjacent position, overlaps too
+                pairs[(w[i], w[i + 1])] += c
+        if not pairs:
+            break
+        # highest count, then the greatest (left, right) as Python compares bytes
+        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        merges.append(best)
+        merged = {}
+        for w, c in words.items():
+            out = []
+            i = 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(w[i] + w[i + 1])
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            merged[tuple(out)] = merged.get(tuple(out), 0) + c
+        words = merged
+    return merges
+
+
+def reference_train(data: bytes, vocab_size: int, special_tokens=()):
+    counts = Counter(reference_pretokens(data, special_tokens))
+    merges = reference_merges_from_counts(counts, vocab_size - 256 - len(special_tokens))
+    vocab = {i: bytes([i]) for i in range(256)}
+    for a, b in merges:
+        vocab[len(vocab)] = a + b
+    for s in special_tokens:
+        vocab[len(vocab)] = s.encode("utf-8")
+    return vocab, merges
+
+
+def gpt2_bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for each byte (space is 'Ġ', newline 'Ċ')."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
