@@ -1,0 +1,80 @@
+"""The merge loop alone: WordTable in, merges out (no pre-tokenization).
+
+    python benchmarks/bench_merge.py --corpus small.txt --vocab-size 32000 [--engines numba,python] [--repeats 3]
+
+The WordTable is counted once (and cached beside the output as .npz); each
+engine is warmed up (Numba compiles or loads its cache) and then timed
+``--repeats`` times; the median is reported, with CPU time beside wall time
+because the machine may be shared. Merges of all engines must be identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_table(corpus: Path, special: str, cache_dir: Path):
+    from gpubpe.pretokenize import count_table, encode_specials, iter_chunks
+    from gpubpe.wordtable import WordTable
+
+    h = hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]
+    cache = cache_dir / f"wordtable-{corpus.stem}-{h}.npz"
+    if cache.exists():
+        d = np.load(cache)
+        return WordTable(d["symbols"], d["offsets"], d["counts"]), h
+    specials = encode_specials([special] if special else [])
+    table = count_table(iter_chunks([corpus], None, specials, 4 << 20), specials, workers=2)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, symbols=table.symbols, offsets=table.offsets, counts=table.counts)
+    return table, h
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--corpus", required=True, type=Path)
+    ap.add_argument("--vocab-size", type=int, default=32000)
+    ap.add_argument("--special-token", default="<|endoftext|>")
+    ap.add_argument("--engines", default="numba")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"))
+    args = ap.parse_args(argv)
+
+    from gpubpe.backends.cpu import merge_loop
+    from gpubpe.backends.cpu_small import merge_loop_small
+
+    engines = {"numba": merge_loop, "python": merge_loop_small}
+    table, h = load_table(args.corpus, args.special_token, args.cache_dir)
+    n = args.vocab_size - 256 - (1 if args.special_token else 0)
+    print(f"corpus {args.corpus} (sha256 {h}...): {table.num_words:,} unique words, "
+          f"{table.symbols.shape[0]:,} symbols; {n:,} merges asked")
+    results = {}
+    for name in args.engines.split(","):
+        fn = engines[name]
+        fn(table.symbols, table.offsets, table.counts, 1, np.zeros(1, np.int64))  # warm-up / compile
+        walls, cpus = [], []
+        for _ in range(args.repeats):
+            w0, c0 = time.perf_counter(), time.process_time()
+            merges, _ = fn(table.symbols, table.offsets, table.counts, n, np.zeros(1, np.int64))
+            walls.append(time.perf_counter() - w0)
+            cpus.append(time.process_time() - c0)
+        results[name] = merges
+        wall = statistics.median(walls)
+        print(f"| {name} | {len(merges):,} merges | wall {wall:.3f} s (median of {args.repeats}) "
+              f"| cpu {statistics.median(cpus):.3f} s | {1e6 * wall / max(len(merges), 1):.1f} us/merge |")
+    ref = next(iter(results.values()))
+    for name, m in results.items():
+        if m.shape != ref.shape or not (m == ref).all():
+            print(f"MISMATCH: {name} merges differ", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
