@@ -1,0 +1,274 @@
+"""The CUDA merge loop against the Numba one, and each kernel's bandwidth.
+
+On a CUDA device (the figures that count):
+
+    python benchmarks/bench_kernels.py --corpus /path/to/corpus.txt --vocab 32000 --out results/
+    python benchmarks/bench_kernels.py --corpus auto:64 --vocab 32000   # 64 MB of this Python's .py files
+
+1. One WordTable from the corpus (gpubpe's pre-tokenizer and counter).
+2. The merge loop on it: Numba (``backends/cpu.py``, compiled before timing)
+   and CUDA (kernels compiled by a warm-up run before timing), same table, same
+   number of merges; the merges must be identical. Reported: total seconds,
+   average time per merge, and the ratio.
+3. The device's copy bandwidth (device-to-device copy of 512 MiB, read + write
+   counted, CUDA events, median of 10 after a warm-up), then each kernel's
+   achieved bandwidth over the first merges of the same table: the bytes each
+   launch must move (a model stated in ``BYTES`` below, from the sizes the
+   launch worked on) over its event-timed duration, median over launches.
+   Per-merge kernels on small occurrence lists are latency-bound; their
+   microseconds matter more than their GB/s, and both are reported.
+
+``--sim`` runs the same steps on the simulator (cuda-sim) to check the script
+without a GPU; its timings mean nothing.
+
+Output: a markdown report on stdout and in ``OUT/bench_kernels.md`` plus
+``OUT/bench_kernels.json``; ``--results`` also writes the section into
+``benchmarks/RESULTS.md`` (only from a device run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+from gpubpe.backends import _cuda_kernels as K  # noqa: E402
+from gpubpe.backends import cuda as C  # noqa: E402
+from gpubpe.wordtable import WordTable  # noqa: E402
+
+# Bytes each launch must read or write, from what it worked on (n positions,
+# cap table slots, L list entries, o occurrences, p pair positions). Table
+# updates count 24 bytes (key read, count read-modify-write).
+BYTES = {
+    "count_pairs": "24 n + 24 p",
+    "argmax_partial": "8 cap (counts; keys only on ties)",
+    "mark_occurrences": "12 L + 8 o",
+    "remove_old_pairs": "112 o",
+    "apply_merges": "36 o",
+    "add_new_pairs": "84 o",
+    "compact_mark": "28 n",
+    "compact_scatter": "12 n + 48 kept",
+}
+
+
+def auto_corpus(megabytes: int) -> Path:
+    """``megabytes`` MB of the .py files of this Python installation (sorted
+    paths, so the same installation gives the same corpus)."""
+    roots = sorted({Path(p) for p in (sys.prefix, sys.base_prefix)})
+    out = Path(tempfile.gettempdir()) / f"gpubpe_pycorpus_{megabytes}MB.txt"
+    if out.exists() and out.stat().st_size > 0:
+        return out
+    limit = megabytes << 20
+    done = 0
+    with open(out, "wb") as f:
+        for root in roots:
+            for p in sorted(root.rglob("*.py")):
+                try:
+                    data = p.read_bytes()
+                except OSError:
+                    continue
+                f.write(data + b"\n<|endoftext|>\n")
+                done += len(data) + 15
+                if done >= limit:
+                    return out
+    return out
+
+
+def build_table(corpus: Path) -> WordTable:
+    import gpubpe
+
+    counts = gpubpe.count_pretokens(corpus, special_tokens=[_common.SPECIAL], workers=None)
+    return WordTable.from_counts(counts)
+
+
+class Timer:
+    """CUDA events on a device, perf_counter in the simulator."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    def __call__(self, fn) -> float:
+        if self.dev.sim:
+            t = time.perf_counter()
+            fn()
+            return time.perf_counter() - t
+        cp = self.dev.cp
+        a, b = cp.cuda.Event(), cp.cuda.Event()
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        return cp.cuda.get_elapsed_time(a, b) / 1e3
+
+
+def copy_bandwidth(dev) -> float:
+    """Device-to-device copy, bytes read + written per second."""
+    if dev.sim:
+        return float("nan")
+    cp = dev.cp
+    n = 512 << 20
+    a = cp.ones(n, np.uint8)
+    b = cp.empty_like(a)
+    timer = Timer(dev)
+    timer(lambda: b.data.copy_from_device(a.data, n))
+    times = [timer(lambda: b.data.copy_from_device(a.data, n)) for _ in range(10)]
+    return 2 * n / statistics.median(times)
+
+
+def merge_loop_numba(table, merges):
+    from gpubpe.backends.cpu import merge_loop
+
+    tiny = WordTable.from_counts({b"abcab": 2, b"bca": 1})
+    merge_loop(tiny.symbols, tiny.offsets, tiny.counts, 3, np.zeros(1, np.int64))  # compile
+    t = time.perf_counter()
+    m, ntok = merge_loop(table.symbols, table.offsets, table.counts, merges, np.zeros(1, np.int64))
+    return time.perf_counter() - t, m, ntok
+
+
+def merge_loop_cuda(table, merges, sim):
+    run = C.make_backend(sim=sim)
+    run(WordTable.from_counts({b"abcab": 2, b"bca": 1}), 3, np.zeros(1, np.int64))  # NVRTC, module loads
+    t = time.perf_counter()
+    m, ntok = run(table, merges, np.zeros(1, np.int64))
+    return time.perf_counter() - t, m, ntok
+
+
+def kernel_bandwidth(table, nmerges: int, sim: bool) -> dict:
+    """Per kernel: median seconds per launch and bytes per launch (BYTES model)."""
+    dev = C._Dev(sim)
+    timer = Timer(dev)
+    rows: dict[str, list[tuple[float, float]]] = {k: [] for k in BYTES}
+    with dev.on_stream():
+        loop = C._Loop(dev, table, nmerges)
+        k = dev.k
+        n = loop.n
+        pairs = int((dev.to_host(loop.nxt)[:n] >= 0).sum())
+        for _ in range(3):  # the full count, on a cleared table
+            loop.keys.fill(K.EMPTY_KEY)
+            loop.cnt.fill(0)
+            loop._set_status(USED=0, HALT=0)
+            sec = timer(lambda: k.count_pairs(block=dev.block, sym=loop.sym,
+                                              nxt=loop.nxt, wrd=loop.wrd, counts=loop.counts, n=n, keys=loop.keys,
+                                              cnt=loop.cnt, bits=loop.bits, used_limit=loop.used_limit,
+                                              st=loop.st))
+            rows["count_pairs"].append((sec, 24 * n + 24 * pairs))
+        cap = 1 << loop.bits
+        for _ in range(nmerges):
+            st = loop._status()
+            if st[K.ST_HALT]:
+                break
+            for name, launch in loop.merge_steps():
+                list_len = 0
+                if name == "mark_occurrences":
+                    a = int(loop._status()[K.ST_A])
+                    list_len = int(dev.to_host(loop.list_len)[a])
+                sec = timer(launch)
+                o = int(loop._status()[K.ST_NOCC])
+                size = {"argmax_partial": 8 * cap, "mark_occurrences": 12 * list_len + 8 * o,
+                        "remove_old_pairs": 112 * o, "apply_merges": 36 * o, "add_new_pairs": 84 * o}.get(name)
+                if size is not None:  # argmax_final is one block of bookkeeping: timed in the loop total only
+                    rows[name].append((sec, size))
+        n = loop.n
+        keep = dev.empty(n, np.int32)
+        sec = timer(lambda: k.compact_mark(block=dev.block, sym=loop.sym, nxt=loop.nxt,
+                                           prv=loop.prv, wrd=loop.wrd, counts=loop.counts, n=n, keep=keep,
+                                           st=loop.st))
+        rows["compact_mark"].append((sec, 28 * n))
+        kept = int(dev.to_host(keep).sum())
+        newpos = dev.to_device(dev.xp.cumsum(keep, dtype=np.int64) - keep)
+        outs = [dev.empty(max(kept, 1), np.int32) for _ in range(4)]
+        sec = timer(lambda: k.compact_scatter(block=dev.block, sym=loop.sym,
+                                              nxt=loop.nxt, prv=loop.prv, wrd=loop.wrd, keep=keep, newpos=newpos,
+                                              n=n, out_sym=outs[0], out_nxt=outs[1], out_prv=outs[2],
+                                              out_wrd=outs[3]))
+        rows["compact_scatter"].append((sec, 12 * n + 48 * kept))
+    out = {}
+    for name, r in rows.items():
+        if r:
+            secs = statistics.median(s for s, _ in r)
+            gbs = statistics.median(b / s for s, b in r if s > 0) / 1e9
+            out[name] = {"launches": len(r), "median_us": secs * 1e6, "median_GBps": gbs}
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--corpus", default="auto:64", help="a text file, or auto:MB (this Python's .py files)")
+    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--kernel-merges", type=int, default=300, help="merges timed kernel by kernel")
+    ap.add_argument("--out", type=Path, default=None, help="folder for bench_kernels.md / .json")
+    ap.add_argument("--sim", action="store_true", help="run on the simulator (checks the script, no timings)")
+    ap.add_argument("--skip-numba", action="store_true")
+    ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+
+    C.make_backend(sim=args.sim)  # fail before the corpus work when there is no device
+    corpus = auto_corpus(int(args.corpus.split(":")[1])) if args.corpus.startswith("auto:") else Path(args.corpus)
+    t = time.perf_counter()
+    table = build_table(corpus)
+    t_count = time.perf_counter() - t
+    merges = args.vocab - 256 - 1
+    print(f"table: {table.num_words:,} words, {table.symbols.shape[0]:,} symbols ({t_count:.1f} s)", flush=True)
+
+    t_cuda, m_cuda, tok_cuda = merge_loop_cuda(table, merges, args.sim)
+    print(f"cuda loop: {t_cuda:.2f} s for {len(m_cuda)} merges", flush=True)
+    res = {"corpus": str(corpus), "corpus_bytes": corpus.stat().st_size, "words": table.num_words,
+           "symbols": int(table.symbols.shape[0]), "merges": int(len(m_cuda)), "sim": args.sim,
+           "cuda_s": t_cuda, "cuda_ms_per_merge": 1e3 * t_cuda / max(len(m_cuda), 1)}
+    if not args.skip_numba:
+        t_numba, m_numba, tok_numba = merge_loop_numba(table, merges)
+        print(f"numba loop: {t_numba:.2f} s", flush=True)
+        same = m_numba.shape == m_cuda.shape and bool((m_numba == m_cuda).all()) and tok_numba == tok_cuda
+        res.update(numba_s=t_numba, numba_ms_per_merge=1e3 * t_numba / max(len(m_numba), 1),
+                   speedup=t_numba / t_cuda, identical=same)
+        if not same:
+            print("MERGES DIFFER between the cuda and numba loops", flush=True)
+
+    dev = C._Dev(args.sim)
+    res["copy_GBps"] = copy_bandwidth(dev) / 1e9
+    res["kernels"] = kernel_bandwidth(table, min(args.kernel_merges, merges), args.sim)
+
+    rows = [[name, f"{r['launches']}", f"{r['median_us']:.1f}", f"{r['median_GBps']:.1f}",
+             f"{100 * r['median_GBps'] / res['copy_GBps']:.0f}%" if res["copy_GBps"] == res["copy_GBps"] else "-",
+             BYTES[name]] for name, r in res["kernels"].items()]
+    body = [
+        f"WordTable: {res['words']:,} words, {res['symbols']:,} symbols; {res['merges']:,} merges "
+        f"(vocab {args.vocab:,} with one special token).",
+        "",
+        _common.md_table(["loop", "seconds", "ms per merge"],
+                         [["cuda", f"{t_cuda:.2f}", f"{res['cuda_ms_per_merge']:.3f}"]]
+                         + ([["numba", f"{res['numba_s']:.2f}", f"{res['numba_ms_per_merge']:.3f}"]]
+                            if "numba_s" in res else [])),
+        "",
+    ]
+    if "speedup" in res:
+        body.append(f"cuda / numba: **{res['speedup']:.1f}x**; merges identical: **{res['identical']}**.")
+        body.append("")
+    body.append(f"Device copy bandwidth (D2D, read + write): {res['copy_GBps']:.0f} GB/s.")
+    body.append("")
+    body.append(_common.md_table(["kernel", "launches", "median us", "GB/s", "of copy", "bytes model"], rows))
+    machine = _common.machine_info()
+    section = _common.render_section(
+        title="CUDA merge loop and kernels" + (" (simulator: timings meaningless)" if args.sim else ""),
+        command=_common.command_line(), body="\n".join(body), corpora=[_common.corpus_info(corpus)], machine=machine)
+    print(section)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_kernels.md").write_text(section)
+        (args.out / "bench_kernels.json").write_text(json.dumps({**res, "machine": machine}, indent=2, default=str))
+    if args.results and not args.sim:
+        _common.update_results("cuda-kernels", section)
+    return 0 if res.get("identical", True) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

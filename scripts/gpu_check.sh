@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# gpubpe on a CUDA device, in one call of under 8 minutes, from the source tree:
+#   1. pytest -m gpu           the kernel, driver and training tests on the device
+#   2. compute-sanitizer       memcheck and racecheck on a small training
+#   3. the benchmark           CUDA vs Numba merge loop at vocab 32,000 and each
+#                              kernel's bandwidth (benchmarks/bench_kernels.py)
+# and a short report, $OUT/gpu_check.md (plus the logs, at most 8 files).
+#
+# Needs what a bare device machine has: Python with CuPy, Numba, NumPy, pytest,
+# hypothesis. Nothing is downloaded. Wheels carried in .whl/ (e.g. rustbpe, or
+# regex if missing) are installed to /tmp/site first.
+#
+#   OUT=/tmp/check scripts/gpu_check.sh
+#   GPUBPE_BENCH_CORPUS=/data/corpus.txt scripts/gpu_check.sh   # else: auto:$GPUBPE_BENCH_MB of .py files
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$(mktemp -d)}"
+mkdir -p "$OUT"
+PY="${PYTHON:-python3}"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export GPUBPE_CACHE_DIR="${GPUBPE_CACHE_DIR:-/tmp/gpubpe-cache}"
+REPORT="$OUT/gpu_check.md"
+T0=$(date +%s)
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+
+{
+    echo "# gpubpe GPU check"
+    echo
+    echo "Date: $(date -u '+%Y-%m-%d %H:%M UTC'); commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    echo
+    echo '```'
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | head -3
+    "$PY" -c "import cupy, numba, numpy; d = cupy.cuda.runtime.getDeviceProperties(0); \
+print('cupy', cupy.__version__, '| numba', numba.__version__, '| numpy', numpy.__version__, '|', d['name'].decode(), \
+'| SMs', d['multiProcessorCount'])" 2>&1
+    echo '```'
+    echo
+    echo "| step | exit | seconds |"
+    echo "|:---|:---|:---|"
+} > "$REPORT"
+
+step() {  # step NAME LIMIT_S LOG command...
+    local name=$1 limit=$2 log=$3 start rc
+    shift 3
+    start=$(date +%s)
+    echo "== $name" | tee -a "$log"
+    timeout "$limit" "$@" >> "$log" 2>&1
+    rc=$?
+    echo "| $name | $rc$([ $rc = 124 ] && echo ' (timeout)') | $(( $(date +%s) - start )) |" >> "$REPORT"
+    return $rc
+}
+
+# 1. the tests on the device ----------------------------------------------------
+step "pytest -m gpu" 150 "$OUT/pytest_gpu.log" \
+    "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py tests/test_cuda_backend.py tests/test_train.py
+
+# 2. compute-sanitizer on a small training ---------------------------------------
+SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)"
+cat > /tmp/gpubpe_small_training.py <<'EOF'
+# A small training on the device; CuPy's memory pool is off so every array is
+# its own cudaMalloc and memcheck sees accesses past its end.
+import sys
+from collections import Counter
+import cupy
+import numpy as np
+cupy.cuda.set_allocator(None)
+sys.path.insert(0, "tests")
+from reference import reference_pretokens
+from gpubpe import backends
+from gpubpe.backends import cuda
+from gpubpe.wordtable import WordTable
+data = open("tests/fixtures/corpus.en", "rb").read()
+table = WordTable.from_counts(Counter(reference_pretokens(data, ["<|endoftext|>"])))
+cuda.MERGE_BATCH = 8  # several batches, graph capture and replay included
+merges, _ = backends.get("cuda")(table, 300, np.zeros(1, np.int64))
+ref, _ = backends._cpu("python")(table, 300, np.zeros(1, np.int64))
+assert merges.tolist() == ref.tolist(), "merges differ from the CPU backend"
+print("small training ok:", len(merges), "merges")
+EOF
+if [ -n "$SAN" ]; then
+    for tool in memcheck racecheck; do
+        step "compute-sanitizer $tool" 75 "$OUT/sanitizer.log" \
+            "$SAN" --tool "$tool" --error-exitcode 9 "$PY" /tmp/gpubpe_small_training.py
+    done
+    grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|small training ok" "$OUT/sanitizer.log" | sed 's/^/    /' >> "$REPORT"
+else
+    echo "| compute-sanitizer | not found (no CUDA toolkit here): not checked | 0 |" >> "$REPORT"
+fi
+
+# 3. the benchmark -----------------------------------------------------------------
+CORPUS="${GPUBPE_BENCH_CORPUS:-auto:${GPUBPE_BENCH_MB:-64}}"
+step "bench_kernels ($CORPUS)" 210 "$OUT/bench.log" \
+    "$PY" benchmarks/bench_kernels.py --corpus "$CORPUS" --vocab 32000 --out "$OUT"
+
+{
+    echo
+    echo "pytest: $(grep -E '(passed|failed|error|skipped)' "$OUT/pytest_gpu.log" | tail -1)"
+    echo
+    if [ -f "$OUT/bench_kernels.md" ]; then cat "$OUT/bench_kernels.md"; else tail -20 "$OUT/bench.log"; fi
+    echo
+    echo "Total: $(( $(date +%s) - T0 )) s"
+} >> "$REPORT"
+cat "$REPORT"

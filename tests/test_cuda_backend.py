@@ -1,0 +1,156 @@
+"""The CUDA backend's driver: batches, halts and rebuilds, compaction, token
+buffer growth, limits and errors. It runs as 'cuda-sim' (the driver with the
+host-compiled kernels) everywhere, and as 'cuda' on a device (-m gpu). The
+oracle property tests over every backend live in test_train.py."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpubpe import backends
+from gpubpe.backends import _cuda_kernels as K
+from gpubpe.wordtable import WordTable
+
+from .conftest import FIXTURES, max_examples
+from .reference import reference_merges_from_counts, reference_pretokens
+
+BACKEND_NAMES = [pytest.param("cuda-sim", id="cuda-sim"), pytest.param("cuda", id="cuda", marks=pytest.mark.gpu)]
+
+
+@pytest.fixture(params=BACKEND_NAMES)
+def run(request):
+    try:
+        return backends.get(request.param)
+    except backends.BackendUnavailable as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture
+def cuda_mod():
+    from gpubpe.backends import cuda
+
+    return cuda
+
+
+def cpu_run(table, n):
+    return backends._cpu("python")(table, n, np.zeros(1, np.int64))
+
+
+def as_bytes(table, merges):
+    vocab = [bytes([i]) for i in range(256)]
+    out = []
+    for a, b in merges.tolist():
+        out.append((vocab[a], vocab[b]))
+        vocab.append(vocab[a] + vocab[b])
+    return out
+
+
+# Knobs that force every slow path of the driver on tiny inputs: a batch of one
+# merge (a read-back after each), a table rebuilt after each batch and sized
+# to overflow mid-batch, compaction after each batch.
+STRESS = [
+    dict(MERGE_BATCH=1, TABLE_SLACK=1, REBUILD_LOAD=0.0, COMPACT_FRACTION=0.0),
+    dict(MERGE_BATCH=3, TABLE_SLACK=1, MIN_TABLE_BITS=1, TABLE_MAX_LOAD=0.3, COMPACT_FRACTION=0.1),
+    dict(MERGE_BATCH=64),
+]
+
+
+@pytest.mark.parametrize("knobs", STRESS, ids=["batch1-rebuild-compact", "batch3-overflow", "defaults"])
+@settings(max_examples=max_examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # the knobs are the same for every example
+@given(data=st.data())
+def test_driver_paths_match_oracle(run, cuda_mod, monkeypatch, knobs, data):
+    for k, v in knobs.items():
+        monkeypatch.setattr(cuda_mod, k, v)
+    alphabet = data.draw(st.sampled_from([b"a", b"ab", b"abc ", b"\xe2\x82\xac\xff", bytes(range(256))]))
+    words = data.draw(st.dictionaries(st.binary(min_size=1, max_size=16).map(
+        lambda w: bytes(alphabet[c % len(alphabet)] for c in w)), st.integers(1, 2**36), min_size=1, max_size=12))
+    n = data.draw(st.integers(0, 60))
+    table = WordTable.from_counts(words)
+    merges, ntokens = run(table, n, np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, n)
+    cpu_merges, cpu_tokens = cpu_run(table, n)
+    assert merges.tolist() == cpu_merges.tolist()
+    assert ntokens == cpu_tokens
+
+
+def test_long_tokens_grow_the_token_buffer(run):
+    # one word of 3000 equal bytes: tokens double in length (2, 4, ..., 2048 bytes),
+    # far past the initial 16 bytes per merge
+    words = {b"a" * 3000: 1, b"ab": 2}
+    table = WordTable.from_counts(words)
+    merges, ntokens = run(table, 14, np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, 14)
+    assert ntokens == cpu_run(table, 14)[1]
+
+
+def test_progress_counts_merges(run, cuda_mod, monkeypatch):
+    monkeypatch.setattr(cuda_mod, "MERGE_BATCH", 4)
+    table = WordTable.from_counts({b"abcdefghij": 3, b"klmnop": 1})
+    progress = np.zeros(1, np.int64)
+    merges, _ = run(table, 10, progress)
+    assert progress[0] == len(merges) == 10
+
+
+def test_no_pairs_and_zero_merges(run):
+    table = WordTable.from_counts({b"a": 5, b"b": 2})
+    merges, ntokens = run(table, 10, np.zeros(1, np.int64))
+    assert merges.shape == (0, 2) and ntokens == 7
+    table = WordTable.from_counts({b"ab": 5})
+    merges, ntokens = run(table, 0, np.zeros(1, np.int64))
+    assert merges.shape == (0, 2) and ntokens == 10
+
+
+def table_of(*paths):
+    data = b"".join(p.read_bytes() for p in paths)
+    return WordTable.from_counts(Counter(reference_pretokens(data, ["<|endoftext|>"])))
+
+
+def test_corpus_en_wordtable_matches_cpu(run):
+    table = table_of(FIXTURES / "corpus.en")
+    merges, ntokens = run(table, 400, np.zeros(1, np.int64))
+    cpu_merges, cpu_tokens = cpu_run(table, 400)
+    assert merges.tolist() == cpu_merges.tolist()
+    assert ntokens == cpu_tokens
+
+
+def test_symbols_past_int32_are_refused(cuda_mod):
+    class Huge:
+        symbols = np.zeros(0, np.int32)
+        num_words = 2**31
+
+    with pytest.raises(ValueError, match="int32"):
+        cuda_mod._Loop.__init__(object.__new__(cuda_mod._Loop), None, Huge(), 1)
+
+
+def test_cuda_without_device_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+    with pytest.raises(backends.BackendUnavailable, match="backend='cpu'"):
+        backends.get("cuda")
+    assert backends.resolve("auto") == "cpu"
+
+
+def test_kernel_dir_from_a_wheel_layout(tmp_path, monkeypatch):
+    # a wheel puts the kernels at gpubpe/kernels; GPUBPE_KERNEL_DIR mimics any layout
+    (tmp_path / "common.cuh").write_text((K.kernel_dir() / "common.cuh").read_text())
+    monkeypatch.setenv("GPUBPE_KERNEL_DIR", str(tmp_path))
+    assert K.kernel_dir() == tmp_path
+    monkeypatch.setenv("GPUBPE_KERNEL_DIR", str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="GPUBPE_KERNEL_DIR"):
+        K.kernel_dir()
+
+
+@pytest.mark.gpu
+def test_device_matches_cpu_on_a_larger_table():
+    """On a device: 2,000 merges on the fixtures together, identical to the CPU backend."""
+    if not backends.cuda_available():
+        pytest.skip("no CUDA device")
+    table = table_of(FIXTURES / "tinystories_sample.txt", FIXTURES / "corpus.en", FIXTURES / "german.txt")
+    merges, ntokens = backends.get("cuda")(table, 2000, np.zeros(1, np.int64))
+    cpu_merges, cpu_tokens = backends._cpu("numba")(table, 2000, np.zeros(1, np.int64))
+    assert merges.tolist() == cpu_merges.tolist() and ntokens == cpu_tokens
