@@ -10,10 +10,12 @@ The public API is the names below; everything else is internal.
 from ._api import train, train_bpe
 from .model import BPEModel, load
 from .pretokenize import GPT2_PATTERN, count_pretokens, pretokenize
+from .tokenizer import Tokenizer
 
 __all__ = [
     "BPEModel",
     "GPT2_PATTERN",
+    "Tokenizer",
     "count_pretokens",
     "load",
     "pretokenize",

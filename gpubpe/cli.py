@@ -1,4 +1,4 @@
-"""The command line: ``gpubpe train``, also as ``python -m gpubpe``."""
+"""The command line: ``gpubpe train``, ``gpubpe export``, ``gpubpe encode``; also as ``python -m gpubpe``."""
 
 from __future__ import annotations
 
@@ -69,8 +69,62 @@ def cmd_train(args) -> int:
 
 
 def save_all(model, out: Path) -> list[Path]:
-    """Every format a trained tokenizer is written in."""
-    return [model.save(out)]
+    """Every format a trained tokenizer is written in: model.json (native),
+    tokenizer.json (HF), vocab.json + merges.txt (GPT-2), tokenizer.tiktoken."""
+    from .formats import export
+
+    return export(model, out)
+
+
+def _load_tokenizer(path: str, special_tokens):
+    from .tokenizer import Tokenizer
+
+    try:
+        return Tokenizer.load(path, special_tokens=special_tokens or None)
+    except (ValueError, TypeError, OSError) as e:
+        raise SystemExit(f"gpubpe: cannot load tokenizer {path!r}: {e}") from None
+
+
+def cmd_export(args) -> int:
+    from .formats import FORMATS, export, native_layout
+
+    tok = _load_tokenizer(args.source, args.special_token)
+    src = Path(args.source)
+    obj = tok
+    if (src / "model.json").exists() or src.name == "model.json":
+        from .model import load
+
+        obj = load(src)  # keeps duplicate ids, which the other formats cannot hold
+    formats = args.format or list(FORMATS)
+    if not args.format and not native_layout(obj):
+        # e.g. GPT-2's own files (bytes not at ids 0..255): every format but model.json
+        formats.remove("native")
+        if not args.quiet:
+            print("gpubpe: ids not in the trainer's layout: model.json skipped", file=sys.stderr)
+    out = Path(args.out)
+    _check_out_dir(out)
+    try:
+        written = export(obj, out, formats=formats)
+    except (ValueError, TypeError, OSError) as e:
+        raise SystemExit(f"gpubpe: {e}") from None
+    if not args.quiet:
+        print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from .encode import encode_files
+
+    tok = _load_tokenizer(args.tokenizer, args.special_token)
+    try:
+        stats = encode_files(
+            args.inputs, tok, args.out, workers=args.workers, progress=False if args.quiet else None
+        )
+    except (ValueError, TypeError, OSError) as e:
+        raise SystemExit(f"gpubpe: {e}") from None
+    if not args.quiet:
+        print(stats.summary(), file=sys.stderr)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +141,31 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization processes (default: all cores)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
     t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("export", help="convert a saved tokenizer to other formats",
+                       description="Write a saved tokenizer (a directory from `gpubpe train --out`, or one file) "
+                                   "as HF tokenizer.json, GPT-2 vocab.json + merges.txt, tokenizer.tiktoken "
+                                   "and the native model.json.")
+    e.add_argument("source", help="a directory written by `gpubpe train --out`, or a tokenizer file")
+    e.add_argument("--out", required=True, help="output directory")
+    e.add_argument("--format", action="append", choices=["native", "hf", "gpt2", "tiktoken"],
+                   help="a format to write; repeat for several (default: all)")
+    e.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
+                   help="special tokens, for a .tiktoken source (which holds none)")
+    e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
+    e.set_defaults(func=cmd_export)
+
+    c = sub.add_parser("encode", help="encode a corpus to a token array (.npy)",
+                       description="Encode text files to one token array: uint16 when the vocab fits, else "
+                                   "uint32. Special tokens in the text become their ids.")
+    c.add_argument("inputs", nargs="+", help="text files, encoded one after the other")
+    c.add_argument("--tokenizer", required=True, help="a directory written by `gpubpe train --out` or `gpubpe export`")
+    c.add_argument("--out", required=True, help="output .npy file")
+    c.add_argument("--workers", type=int, default=None, help="encoding processes (default: all cores)")
+    c.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
+                   help="special tokens, for a tokenizer given only as a .tiktoken file")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    c.set_defaults(func=cmd_encode)
     return p
 
 
