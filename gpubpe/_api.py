@@ -12,7 +12,7 @@ import numpy as np
 
 from . import _validate, backends, config
 from .model import BPEModel
-from .pretokenize import count_table, encode_specials, input_size, iter_chunks
+from .pretokenize import count_table, encode_specials, input_size, iter_chunks, resolve_pattern
 
 
 @dataclass
@@ -105,6 +105,7 @@ def train_with_stats(
     workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
+    pattern: str = "gpt2",
 ) -> tuple[BPEModel, TrainStats]:
     """:func:`train`, also returning what the run did (:class:`TrainStats`)."""
     # 1. validate everything before reading a byte
@@ -113,6 +114,7 @@ def train_with_stats(
     backend = _validate.backend(backend)
     nworkers = _validate.workers(workers)
     chunk_size = _validate.chunk_size(chunk_size)
+    pattern = resolve_pattern(pattern)
     paths, texts = _validate.inputs(inputs)
     run = backends.get(backend)  # a missing device fails here, not after counting
     specials = encode_specials(specials_str)
@@ -128,8 +130,8 @@ def train_with_stats(
         if bar is not None:
             bar.update(n)
 
-    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes)
-    table = count_table(chunks, specials, workers=nworkers)  # the WordTable: the backend seam
+    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern)
+    table = count_table(chunks, specials, workers=nworkers, pattern=pattern)  # the WordTable: the backend seam
     if bar is not None:
         bar.close()
     if nbytes[0] == 0:
@@ -144,7 +146,7 @@ def train_with_stats(
     merge_ids, ntokens = _run_merges(run, table, num_merges, show)
     t2 = time.perf_counter()
 
-    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str)
+    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str, pattern=pattern)
     stats = TrainStats(
         backend=backends.resolve(backend),
         input_bytes=nbytes[0],
@@ -169,6 +171,7 @@ def train(
     workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
+    pattern: str = "gpt2",
 ) -> BPEModel:
     """Train a byte-level BPE tokenizer with the CS336 rules, exactly.
 
@@ -183,6 +186,10 @@ def train(
     workers:        pre-tokenization processes (default: all cores).
     chunk_size:     bytes per pre-tokenization chunk; the result does not depend on it.
     progress:       progress bars on stderr (default: when stderr is a terminal).
+    pattern:        pre-tokenization: 'gpt2' (default; the fast byte-level path),
+                    'cl100k', 'o200k' (tiktoken's patterns) or any regex for the
+                    `regex` package (slower, same results as regex.findall). The
+                    model stores the regex itself.
 
     >>> model = train(["corpus.txt"], vocab_size=1000, special_tokens=["<|endoftext|>"])  # doctest: +SKIP
     >>> model.merges[:2]  # doctest: +SKIP
@@ -196,6 +203,7 @@ def train(
         workers=workers,
         chunk_size=chunk_size,
         progress=progress,
+        pattern=pattern,
     )[0]
 
 

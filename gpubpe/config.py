@@ -17,3 +17,9 @@ PROGRESS_INTERVAL = 0.1
 # loop (backends/cpu_small.py): it needs no compilation, and below this size
 # it finishes before Numba would have compiled the fast loop.
 SMALL_TABLE_SYMBOLS = 200_000
+
+# Inputs below this many bytes are pre-tokenized with the `regex` package
+# instead of the Numba state machine: loading Numba and its cached machine
+# code costs about half a second in a fresh process, while `regex` does about
+# 10 MB/s. Both give identical pre-tokens (tests/test_pretokenize.py).
+NUMBA_PRETOKENIZE_BYTES = 4 << 20

@@ -1,0 +1,181 @@
+"""Pre-tokenization and counting speed: gpubpe's byte-level GPT-2 machine against `regex`.
+
+    python benchmarks/bench_pretok.py --corpus /work/corpora/small.txt \\
+        [--workers 2] [--repeats 3] [--check] [--json out.json] [--results]
+
+What runs (each in a fresh process, interleaved A B C A B C ... so drift of
+the machine spreads over all of them):
+
+- ``regex``: the baseline users write: ``collections.Counter`` over
+  ``regex.finditer(GPT-2 pattern, piece)`` for every piece of the decoded
+  corpus between ``<|endoftext|>`` tokens, in one process.
+- ``count_pretokens wN``: ``gpubpe.count_pretokens(path, workers=N)``, the
+  public call (it builds a dict of the unique pre-tokens at the end).
+- ``count_table wN``: the training path, ``count_table(iter_chunks(...))``,
+  which returns the WordTable arrays without a dict.
+
+``call s`` is timed in the child around the call only (the file is read
+inside it); Numba's cached machine code is loaded before, by a call on a few
+bytes, and that load is reported on its own (``load s``). ``cpu s`` is the
+child's user + system time during the call, all threads: on a shared machine
+``MB/s per cpu-s`` is the steadier speed figure, ``MB/s per core`` is
+size / call s / workers. Peak memory is the child's ru_maxrss (see
+``_common.ChildRun``). ``--check`` fails unless every method gives the same
+counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C
+
+
+def _digest(items) -> str:
+    """An order-independent digest of ``{bytes: count}`` pairs."""
+    h = hashlib.sha256()
+    for k, v in sorted(items):
+        h.update(len(k).to_bytes(4, "little") + k + v.to_bytes(8, "little"))
+    return h.hexdigest()[:16]
+
+
+def child(method: str, corpus: str, workers: int, check: bool) -> dict:
+    import importlib
+
+    out: dict = {}
+    if method == "regex":
+        from collections import Counter
+
+        import regex
+
+        from gpubpe import GPT2_PATTERN
+
+        pat = regex.compile(GPT2_PATTERN)
+        c0, t0 = time.process_time(), time.perf_counter()
+        text = Path(corpus).read_bytes().decode("utf-8", "surrogateescape")
+        counts: Counter = Counter()
+        for piece in text.split(C.SPECIAL):
+            counts.update(m.group() for m in pat.finditer(piece))
+        t1, c1 = time.perf_counter(), time.process_time()
+        out.update(unique=len(counts), pretokens=sum(counts.values()))
+        if check:
+            out["digest"] = _digest((k.encode("utf-8", "surrogateescape"), v) for k, v in counts.items())
+    else:
+        import gpubpe
+
+        P = importlib.import_module("gpubpe.pretokenize")
+        t = time.perf_counter()
+        P._count_numba(iter([b"load the compiled code"]), (), 1)
+        out["load_s"] = time.perf_counter() - t
+        specials = P.encode_specials([C.SPECIAL])
+        c0, t0 = time.process_time(), time.perf_counter()
+        if method == "count_pretokens":
+            counts = gpubpe.count_pretokens(Path(corpus), special_tokens=[C.SPECIAL], workers=workers)
+            t1, c1 = time.perf_counter(), time.process_time()
+            out.update(unique=len(counts), pretokens=sum(counts.values()))
+            if check:
+                out["digest"] = _digest(counts.items())
+        else:
+            from gpubpe import config
+
+            chunks = P.iter_chunks([Path(corpus)], None, specials, config.CHUNK_SIZE)
+            table = P.count_table(chunks, specials, workers=workers)
+            t1, c1 = time.perf_counter(), time.process_time()
+            out.update(unique=table.num_words, pretokens=int(table.counts.sum()))
+            if check:
+                out["digest"] = _digest(table.to_counts().items())
+    out.update(call_s=t1 - t0, cpu_s=c1 - c0)
+    return out
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", required=True)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="workers for the multi-worker runs")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--methods", default="regex,count_pretokens:1,count_pretokens:W,count_table:1,count_table:W",
+                    help="comma list of METHOD[:WORKERS]; W is --workers")
+    ap.add_argument("--check", action="store_true", help="fail unless all methods give identical counts")
+    ap.add_argument("--json", help="write every sample here")
+    ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--_child", nargs=3, metavar=("METHOD", "WORKERS", "RESULT"), help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args._child:
+        method, workers, result = args._child
+        Path(result).write_text(json.dumps(child(method, args.corpus, int(workers), args.check)))
+        return 0
+
+    import tempfile
+
+    corpus = C.corpus_info(args.corpus)
+    methods = []
+    for m in args.methods.split(","):
+        name, _, w = m.partition(":")
+        methods.append((name, 1 if not w else (args.workers if w == "W" else int(w))))
+    samples: dict[tuple[str, int], list[dict]] = {m: [] for m in methods}
+    with tempfile.TemporaryDirectory(prefix="gpubpe-bench-pretok-") as tmp:
+        for r in range(args.repeats):
+            for name, w in methods:
+                result = Path(tmp) / f"{name}-{w}-{r}.json"
+                argv = [__file__, "--corpus", args.corpus, "--_child", name, str(w), str(result)]
+                if args.check and r == 0:
+                    argv.append("--check")
+                run = C.run_measured([sys.executable, *argv], timeout=args.timeout)
+                if run.returncode != 0:
+                    print(f"{name} w{w} failed:\n{run.tail(20)}", file=sys.stderr)
+                    return 1
+                s = json.loads(result.read_text())
+                s.update(max_rss=run.max_rss, process_s=run.wall_s)
+                samples[(name, w)].append(s)
+                print(f"  {name} w{w} run {r + 1}: call {s['call_s']:.3f} s, cpu {s['cpu_s']:.3f} s, "
+                      f"peak {C.fmt_mib(run.max_rss)}", file=sys.stderr)
+
+    mb = corpus.size / 1e6
+    base = C.median(s["call_s"] for s in samples[methods[0]])
+    rows = []
+    for name, w in methods:
+        ss = samples[(name, w)]
+        call = C.median(s["call_s"] for s in ss)
+        cpu = C.median(s["cpu_s"] for s in ss)
+        load = C.median(s["load_s"] for s in ss) if "load_s" in ss[0] else None
+        rows.append([f"{name} w{w}" if name != "regex" else "regex.finditer + Counter", w, C.fmt_s(call), C.fmt_s(cpu),
+                     C.fmt_s(load) if load is not None else "–", f"{mb / call:.1f}", f"{mb / call / w:.1f}",
+                     f"{mb / cpu:.1f}", C.fmt_ratio(base / call), C.fmt_mib(max(s["max_rss"] for s in ss)),
+                     f"{ss[0]['unique']:,}"])
+    if args.check:
+        digests = {(n, w): samples[(n, w)][0]["digest"] for n, w in methods}
+        if len(set(digests.values())) != 1:
+            print(f"counts differ between methods: {digests}", file=sys.stderr)
+            return 1
+    headers = ["method", "workers", "call s", "cpu s", "load s", "MB/s", "MB/s per core", "MB/s per cpu-s",
+               f"speed-up vs {methods[0][0]}", "peak RSS", "unique"]
+    table = C.md_table(headers, rows)
+    notes = [f"corpus {corpus.markdown()}; median of {args.repeats} fresh-process runs; {os.cpu_count()} cores"]
+    if args.check:
+        notes.append("--check: every method gave the same counts")
+    print(table)
+    print("\n".join(notes))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"corpus": corpus.as_dict(), "samples": {f"{n}:{w}": s for (n, w), s in samples.items()}},
+                                              indent=1, default=str))
+    if args.results:
+        section = C.render_section(title=f"Pre-tokenization and counting ({corpus.name})", command=C.command_line(),
+                                   body=table, corpora=[corpus], machine=C.machine_info(), notes=notes)
+        C.update_results(f"pretok-{corpus.name}", section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,383 @@
+"""The pre-tokenizer against the `regex` oracle, and exact counting.
+
+The oracle is ``regex.findall(GPT2, data.decode("utf-8", "surrogateescape"))``
+(tests/reference.py): lists of pre-tokens are compared, not just counts.
+"""
+
+import importlib
+import random
+import subprocess
+import sys
+import tracemalloc
+from collections import Counter
+
+import numpy as np
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpubpe
+from gpubpe import config
+
+from .conftest import FIXTURES, max_examples
+from .reference import GPT2, reference_merges_from_counts, reference_pretokens
+
+P = importlib.import_module("gpubpe.pretokenize")
+EOT = "<|endoftext|>"
+
+# ---------------------------------------------------------------------------
+# Inputs built to hit every corner of the pattern
+# ---------------------------------------------------------------------------
+
+# every character regex's \s matches, and the ASCII separators it does not
+SPACES = [chr(c) for c in range(0x110000) if regex.match(r"\s", chr(c))]
+NOT_SPACES = ["\x1c", "\x1d", "\x1e", "\x1f", "\u200b", "\u180e", "\ufeff"]
+
+FRAGMENTS = [
+    "'", "'s", "'S", "'d", "'m", "'t", "'ll", "'LL", "'ve", "'re", "'l", "'v", "''s", "'''", "it's", "IT'S",
+    "a", "Z", "word", "é", "e\u0301", "\u0301", "\u200d", "ß", "日本", "𐐀",
+    "0", "42", "٣", "५", "１", "𝟎", "Ⅷ", "½",
+    ",", ".", "!?", "$", "€", "🙂", "👍🏽", "\u00ad",
+    " ", "  ", "\n", "\r\n", "\t", " \n ", EOT, "<|", "|>",
+]  # fmt: skip
+
+INVALID = [
+    b"\x80", b"\xbf", b"\xff", b"\xfe", b"\xc0\xaf", b"\xc1\xbf",  # stray continuation, never-valid, overlong 2-byte
+    b"\xe0\x80\xaf", b"\xf0\x80\x80\xaf",  # overlong 3- and 4-byte
+    b"\xc1\x81", b"\xe0\x81\x81", b"\xf0\x80\x81\x81", b"\xc0\xa0", b"\xe0\x80\xb1",  # overlong 'A', ' ', '1'
+    b"\xed\xa0\x80", b"\xed\xbf\xbf",  # UTF-8-encoded surrogates
+    b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",  # above U+10FFFF
+    b"\xe2\x82", b"\xf0\x9f\x98", b"\xc3",  # truncated
+]  # fmt: skip
+
+
+def _code_point_bytes(cp: int) -> bytes:
+    return chr(cp).encode("utf-8", "surrogatepass")  # surrogates give ED A0..BF xx: invalid UTF-8
+
+
+piece = st.one_of(
+    st.sampled_from(FRAGMENTS).map(lambda s: s.encode()),
+    st.sampled_from(SPACES + NOT_SPACES).map(lambda s: s.encode()),
+    st.sampled_from(INVALID),
+    st.integers(0, 0x10FFFF).map(_code_point_bytes),  # all planes
+    st.integers(0, 0x7F).map(lambda b: bytes([b])),
+    st.binary(max_size=4),
+)
+fuzz_bytes = st.lists(piece, max_size=40).map(b"".join)
+
+
+def numba_pretokens(data: bytes, special_tokens=()) -> list[bytes]:
+    """The Numba state machine, whatever the size threshold."""
+    return P._pretokenize_numba(data, P.encode_specials(special_tokens))
+
+
+@pytest.fixture
+def engine(request, monkeypatch):
+    """Run the public functions on the Numba engine or the regex engine."""
+    monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 0 if request.param == "numba" else 1 << 62)
+    return request.param
+
+
+both_engines = pytest.mark.parametrize("engine", ["numba", "regex"], indirect=True)
+
+
+# ---------------------------------------------------------------------------
+# The state machine against the oracle
+# ---------------------------------------------------------------------------
+
+
+@settings(max_examples=max_examples(400), deadline=None)
+@given(fuzz_bytes)
+def test_state_machine_matches_regex(data):
+    assert numba_pretokens(data) == reference_pretokens(data)
+
+
+@settings(max_examples=max_examples(150), deadline=None)
+@given(fuzz_bytes)
+def test_special_tokens_inside_words(data):
+    data = data.replace(b"|>", b"|>x")  # make specials sit inside words too
+    assert numba_pretokens(data, [EOT]) == reference_pretokens(data, [EOT])
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (b"it's", [b"it", b"'s"]),
+        (b"IT'S", [b"IT", b"'", b"S"]),  # contractions are lower case only
+        (b"''s", [b"''", b"s"]),  # the other-run takes both apostrophes
+        (b" 's", [b" '", b"s"]),  # a space joins the run after it, never a contraction
+        (b"we'll've", [b"we", b"'ll", b"'ve"]),
+        (b"a  b", [b"a", b" ", b" b"]),  # a whitespace run gives its last space to the word
+        (b"a \n b", [b"a", b" \n", b" b"]),
+        (b"a\n\nb", [b"a", b"\n", b"\n", b"b"]),  # a lone non-space whitespace stands alone
+        (b"a  ", [b"a", b"  "]),  # at the end the whole run is one
+        ("a\u3000b".encode(), [b"a", "\u3000".encode(), b"b"]),  # only U+0020 joins a word
+        (b"x\x1cy", [b"x", b"\x1c", b"y"]),  # \x1c is not \s for regex
+        ("é\u0301".encode(), ["é".encode(), "\u0301".encode()]),  # a combining mark is not \p{L}
+        (b"ab\xffcd", [b"ab", b"\xff", b"cd"]),
+        (b" \xed\xa0\x80!", [b" \xed\xa0\x80!"]),  # an encoded surrogate is three "other" bytes
+        (b"\xe0\x81\x81x", [b"\xe0\x81\x81", b"x"]),  # an overlong 'A' is three "other" bytes, not a letter
+        (" ٣٤5".encode(), [" ٣٤5".encode()]),  # digits of every script are one \p{N} run
+    ],
+)
+def test_corners(text, expected):
+    assert reference_pretokens(text) == expected  # the oracle agrees with the reading above
+    assert numba_pretokens(text) == expected
+
+
+def test_every_whitespace_and_separator():
+    for s in SPACES + NOT_SPACES:
+        for ctx in ("a{0}b", "a{0}{0}b", "a {0}b", "a{0} b", "{0}", "a{0}", "'{0}s", "1{0}{0} {0}x"):
+            data = ctx.format(s).encode()
+            assert numba_pretokens(data) == reference_pretokens(data), (hex(ord(s)), ctx)
+
+
+@pytest.mark.parametrize("name", ["corpus.en", "german.txt", "tinystories_sample.txt", "address.txt"])
+def test_real_text_slices(name):
+    data = (FIXTURES / name).read_bytes()
+    assert numba_pretokens(data, [EOT]) == reference_pretokens(data, [EOT])
+    rng = random.Random(name)
+    for _ in range(200):  # arbitrary byte offsets: UTF-8 sequences cut at both ends
+        a = rng.randrange(len(data))
+        b = min(len(data), a + rng.randrange(1, 400))
+        assert numba_pretokens(data[a:b]) == reference_pretokens(data[a:b])
+
+
+# ---------------------------------------------------------------------------
+# Resynchronisation: chunks pre-tokenize independently
+# ---------------------------------------------------------------------------
+
+
+def _resync_points(data: bytes) -> list[int]:
+    """Byte offsets where a non-whitespace character is followed by a whitespace one."""
+    text = data.decode("utf-8", "surrogateescape")
+    out, pos = [], 0
+    for i, ch in enumerate(text):
+        if i and regex.match(r"\s", ch) and not regex.match(r"\s", text[i - 1]):
+            out.append(pos)
+        pos += len(ch.encode("utf-8", "surrogateescape"))
+    return out
+
+
+@settings(max_examples=max_examples(200), deadline=None)
+@given(fuzz_bytes)
+def test_resync_rule_every_non_space_to_space_is_a_boundary(data):
+    whole = reference_pretokens(data)
+    for p in _resync_points(data):
+        assert reference_pretokens(data[:p]) + reference_pretokens(data[p:]) == whole
+        assert numba_pretokens(data[:p]) + numba_pretokens(data[p:]) == whole
+
+
+@settings(max_examples=max_examples(200), deadline=None)
+@given(fuzz_bytes, st.sampled_from([(), (EOT,), ("a b", "a b c")]))
+def test_safe_cut_is_safe(data, specials):
+    sp = P.encode_specials(specials)
+    p = P.safe_cut(data, sp)
+    if p > 0:
+        assert reference_pretokens(data[:p], specials) + reference_pretokens(data[p:], specials) == reference_pretokens(data, specials)
+
+
+# ---------------------------------------------------------------------------
+# Counting: engines, chunk sizes and workers give identical counts
+# ---------------------------------------------------------------------------
+
+
+@both_engines
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("chunk_size", [7, 64, 1000, 1 << 20])
+def test_counts_do_not_depend_on_chunks_or_workers(engine, workers, chunk_size):
+    data = (FIXTURES / "corpus.en").read_bytes()[:40_000] + b"\xff\xfe trailing \xe2\x82"
+    expected = Counter(reference_pretokens(data, [EOT]))
+    got = gpubpe.count_pretokens(data, special_tokens=[EOT], workers=workers, chunk_size=chunk_size)
+    assert got == expected
+
+
+@settings(max_examples=max_examples(60), deadline=None)
+@given(fuzz_bytes, st.integers(1, 40), st.sampled_from([(), (EOT,), ("a b", "a b c")]))
+def test_counts_fuzzed_chunks(data, chunk_size, specials):
+    expected = Counter(reference_pretokens(data, specials))
+    blocks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    sp = P.encode_specials(specials)
+    table = P._Table()
+    stage1, stage2 = P._numba_tables()
+    for c in P.cut_stream(blocks, sp, chunk_size):
+        table.add_chunk(c, sp, stage1, stage2)
+    assert table.to_dict() == expected
+    assert P.count_chunk(data, sp) == expected
+
+
+@both_engines
+def test_count_table_is_the_word_table(engine):
+    data = (FIXTURES / "tinystories_sample.txt").read_bytes()
+    sp = P.encode_specials([EOT])
+    table = P.count_table(P.cut_stream([data], sp, 500), sp, workers=2)
+    assert table.symbols.dtype == np.int32 and table.offsets.dtype == np.int64 and table.counts.dtype == np.int64
+    assert table.to_counts() == Counter(reference_pretokens(data, [EOT]))
+    assert table.num_words == len(table.to_counts())  # each word once
+
+
+def test_table_merge_and_growth():
+    # many distinct words of every length class (up to 7 bytes, 8 to 15, more):
+    # the tables regrow several times, and two tables counted apart merge to
+    # the counts of the whole
+    rng = random.Random(0)
+    words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(30_000)]
+    words += ["x" * k for k in range(1, 40)] * 3 + [" é" * k for k in range(1, 20)]
+    data = "".join(words).encode()
+    stage1, stage2 = P._numba_tables()
+    a, b = P._Table(words=4), P._Table(words=4)
+    half = P.safe_cut(data, lo=len(data) // 2)
+    a.add_chunk(data[:half], (), stage1, stage2)
+    b.add_chunk(data[half:], (), stage1, stage2)
+    a.merge(b)
+    assert a.to_dict() == Counter(reference_pretokens(data))
+
+
+def test_numba_and_regex_engines_agree_on_pretokenize(monkeypatch):
+    data = (FIXTURES / "german.txt").read_bytes() + b"\xc3 it's<|endoftext|>x"
+    monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 0)
+    fast = gpubpe.pretokenize(data, special_tokens=[EOT])
+    monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 1 << 62)
+    slow = gpubpe.pretokenize(data, special_tokens=[EOT])
+    assert fast == slow == reference_pretokens(data, [EOT])
+
+
+def test_small_inputs_do_not_load_numba():
+    # the CS336 speed bar counts compile time: small inputs must stay on `regex`
+    code = (
+        "import sys, gpubpe; from pathlib import Path;"
+        f"gpubpe.count_pretokens(Path({str(FIXTURES / 'corpus.en')!r}), special_tokens=['<|endoftext|>']);"
+        "print('numba' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------
+
+
+def _write_corpus(path, nbytes: int) -> None:
+    rng = random.Random(1)
+    vocab = ["the", "cat", "sat", "on", "mat", "über", "naïve", "42", "it's", "!", "...", "日本語"]
+    docs = []
+    size = 0
+    while size < nbytes:
+        doc = " ".join(rng.choice(vocab) for _ in range(rng.randrange(5, 200))) + ".\n" + EOT
+        docs.append(doc)
+        size += len(doc.encode())
+    path.write_bytes("".join(docs).encode())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_streaming_memory_is_bounded_by_chunks(tmp_path, monkeypatch, workers):
+    monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 0)
+    path = tmp_path / "big.txt"
+    _write_corpus(path, 4 << 20)
+    chunk = 32 << 10  # the file is 128 chunks
+    P._numba_tables()  # load the table outside the measurement
+    gpubpe.count_pretokens(b"warm up", workers=1)
+    tracemalloc.start()
+    got = gpubpe.count_pretokens(path, special_tokens=[EOT], workers=workers, chunk_size=chunk)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # In flight: a queue of `workers` chunks, one per worker, the carry and the
+    # block read; plus the tables' first arrays and the result (the unique
+    # words, a few hundred here). Reading the whole file would take 4 MB.
+    assert peak < (2 * workers + 6) * chunk + (1 << 20), peak
+    data = path.read_bytes()
+    assert got == Counter(reference_pretokens(data, [EOT]))
+
+
+def test_chunks_are_cut_near_chunk_size(tmp_path):
+    path = tmp_path / "big.txt"
+    _write_corpus(path, 1 << 20)
+    sizes = [len(c) for c in P.iter_chunks([path], None, P.encode_specials([EOT]), 10_000)]
+    assert sum(sizes) == path.stat().st_size
+    assert max(sizes) <= 2 * 10_000 and len(sizes) > 50
+
+
+def test_cut_never_splits_a_special_across_blocks():
+    # a special token with a space in it, arriving split over two blocks
+    specials = ("a b c",)
+    data = b"x a b c y " * 50
+    expected = Counter(reference_pretokens(data, specials))
+    for k in range(1, 12):
+        blocks = [data[i : i + k] for i in range(0, len(data), k)]
+        got = Counter()
+        for c in P.cut_stream(blocks, P.encode_specials(specials), 4):
+            got.update(reference_pretokens(c, specials))
+        assert got == expected, k
+
+
+# ---------------------------------------------------------------------------
+# Other patterns
+# ---------------------------------------------------------------------------
+
+
+def _oracle(data: bytes, pattern: str, specials=()) -> Counter:
+    return Counter(
+        s.encode("utf-8", "surrogateescape")
+        for piece in P.split_specials(data, P.encode_specials(specials))
+        for s in regex.findall(pattern, piece.decode("utf-8", "surrogateescape"))
+        if s
+    )
+
+
+@pytest.mark.parametrize("name", ["cl100k", "o200k", r"\p{L}+|\d|\s+"])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_other_patterns(name, workers):
+    pattern = P.resolve_pattern(name)
+    data = (FIXTURES / "tinystories_sample.txt").read_bytes() + b" WE'LL 12345 \r\n\r\n  x "
+    got = gpubpe.count_pretokens(data, special_tokens=[EOT], workers=workers, chunk_size=100, pattern=name)
+    assert got == _oracle(data, pattern, [EOT])
+    assert gpubpe.pretokenize(data, special_tokens=[EOT], pattern=name) == [
+        s.encode("utf-8", "surrogateescape")
+        for piece in P.split_specials(data, P.encode_specials([EOT]))
+        for s in regex.findall(pattern, piece.decode("utf-8", "surrogateescape"))
+    ]
+
+
+def test_tiktoken_patterns_are_tiktokens():
+    tiktoken_ext = pytest.importorskip("tiktoken_ext.openai_public")
+    import inspect
+
+    src = inspect.getsource(tiktoken_ext)
+    assert P.CL100K_PATTERN in src
+    for part in P.O200K_PATTERN.split("|"):
+        assert part in src or part.startswith("'")
+
+
+def test_other_patterns_cut_only_after_specials():
+    sp = P.encode_specials([EOT])
+    data = b"one two  \n" * 100 + EOT.encode() + b"three  four\n" * 100 + EOT.encode() + b"five"
+    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], sp, 100, pattern=P.CL100K_PATTERN))
+    assert b"".join(chunks) == data
+    assert all(c.endswith(EOT.encode()) for c in chunks[:-1]) and len(chunks) == 3
+    # no special token: one chunk, whatever its size
+    assert len(list(P.cut_stream([b"a b " * 100] * 5, (), 10, pattern=P.CL100K_PATTERN))) == 1
+    # `$` in cl100k sees the end of a piece: cutting inside one would change the result
+    text = b"x  " + EOT.encode() + b"y  \n  z"
+    got = gpubpe.count_pretokens(text, special_tokens=[EOT], chunk_size=1, pattern="cl100k")
+    assert got == _oracle(text, P.CL100K_PATTERN, [EOT])
+
+
+def test_pattern_errors():
+    with pytest.raises(ValueError, match="unknown pattern name 'gpt4'.*'gpt2'.*'cl100k'.*'o200k'"):
+        gpubpe.count_pretokens(b"x", pattern="gpt4")
+    with pytest.raises(ValueError, match="not a valid regex"):
+        gpubpe.pretokenize(b"x", pattern="(unclosed")
+    with pytest.raises(TypeError, match="pattern must be a str"):
+        gpubpe.count_pretokens(b"x", pattern=None)
+    assert gpubpe.count_pretokens(b"ab", pattern="(?:x)*") == {}  # empty matches are not pre-tokens
+
+
+def test_train_with_pattern_stores_it_and_uses_it():
+    data = (FIXTURES / "tinystories_sample.txt").read_bytes()
+    text = data.decode()
+    model = gpubpe.train(iter([text]), vocab_size=300, special_tokens=[EOT], backend="cpu", pattern="cl100k")
+    assert model.pattern == P.CL100K_PATTERN
+    assert model.merges == reference_merges_from_counts(_oracle(data, P.CL100K_PATTERN, [EOT]), 300 - 257)
+    assert gpubpe.train(iter([text]), vocab_size=260, backend="cpu").pattern == GPT2
