@@ -20,6 +20,9 @@ full recount):
   weighted count, ``key = left << 32 | right``, and the pair's word vector
   (the words that hold it, possibly stale) in one shared pool. Vectors read
   sequentially; the linked lists of the first version cost a miss per word.
+  A new pair's words are all found in the merge that creates it, so its
+  vector is placed once, exact-size, after that merge (growing vectors by
+  doubling left 60% of a 160 MB pool as garbage on ``small``).
 * word records  ``wd[k] = (offset, length, count, unused)``. A pair's vector
   holds each word once (a word is appended only while it is processed, and
   the last entry is checked), so no per-merge stamp is needed.
@@ -97,36 +100,54 @@ def _new_pair(pdata, npairs, key):
     pdata[p, _KEY] = key
     pdata[p, _VSTART] = 0
     pdata[p, _VLEN] = 0
-    pdata[p, _VCAP] = 0
+    pdata[p, _VCAP] = -1  # while its merge runs: the last word recorded for it
     return p, pdata, npairs + 1
 
 
 @njit(cache=True, nogil=True)
-def _push(pool, used, pdata, p, k):
-    """Append word ``k`` to pair ``p``'s word vector, unless it is already last.
+def _place(pool, used, live, pdata, first_new, npairs, tmp, nt):
+    """Give the pairs a merge created exact-size word vectors at the pool's end.
 
-    Vectors live in one pool; a full vector moves to the pool's end with twice
-    the room (the old room is left behind: the merge loop's garbage is bounded
-    by the words of pairs created during merges)."""
-    vs = pdata[p, _VSTART]
-    vlen = pdata[p, _VLEN]
-    if vlen > 0 and pool[vs + vlen - 1] == k:
-        return pool, used
-    vcap = pdata[p, _VCAP]
-    if vlen == vcap:
-        ncap = max(np.int64(4), 2 * vcap)
-        if used + ncap > pool.shape[0]:
-            grown = np.empty(2 * pool.shape[0] + ncap, np.int32)
-            grown[:used] = pool[:used]
-            pool = grown
-        pool[used : used + vlen] = pool[vs : vs + vlen]
-        vs = used
-        used += ncap
-        pdata[p, _VSTART] = vs
-        pdata[p, _VCAP] = ncap
-    pool[vs + vlen] = k
-    pdata[p, _VLEN] = vlen + 1
-    return pool, used
+    All words of a new pair are found in the merge that creates it, so its
+    vector is sized once, here: a counting sort of the merge's (pair, word)
+    records, kept in word-visit order (so every vector stays sorted). No
+    vector ever grows in place, so the only garbage is the vectors of merged
+    or dead pairs, which ``_compact`` reclaims.
+    """
+    if used + nt > pool.shape[0]:
+        grown = np.empty(used + nt + pool.shape[0] // 2, np.int32)
+        grown[:used] = pool[:used]
+        pool = grown
+    for p in range(first_new, npairs):
+        n = pdata[p, _VLEN]
+        pdata[p, _VSTART] = used
+        pdata[p, _VCAP] = n
+        pdata[p, _VLEN] = 0
+        used += n
+    for r in range(nt):
+        p = tmp[2 * r]
+        pool[pdata[p, _VSTART] + pdata[p, _VLEN]] = tmp[2 * r + 1]
+        pdata[p, _VLEN] += 1
+    return pool, used, live + nt
+
+
+@njit(cache=True, nogil=True)
+def _compact(pool, pdata, npairs):
+    """Rebuild the pool with the vectors of live pairs only (count > 0)."""
+    live = 0
+    for p in range(npairs):
+        if pdata[p, _COUNT] > 0:
+            live += pdata[p, _VLEN]
+    out = np.empty(live + live // 2 + 1024, np.int32)
+    used = 0
+    for p in range(npairs):
+        n = pdata[p, _VLEN] if pdata[p, _COUNT] > 0 else 0
+        out[used : used + n] = pool[pdata[p, _VSTART] : pdata[p, _VSTART] + n]
+        pdata[p, _VSTART] = used
+        pdata[p, _VLEN] = n
+        pdata[p, _VCAP] = n
+        used += n
+    return out, used, live
 
 
 @njit(cache=True, nogil=True)
@@ -269,13 +290,16 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
             pdata[p, _COUNT] += w
             if lastw[p] != k:  # words per pair, to size the vectors exactly
                 lastw[p] = k
-                pdata[p, _VCAP] += 1
+                pdata[p, _VLEN] += 1
     # exact-size vectors, filled in word order (so every vector is sorted)
     used = 0
     for p in range(npairs):
         pdata[p, _VSTART] = used
-        used += pdata[p, _VCAP]
-    pool = np.empty(max(2 * used, 1024), np.int32)
+        pdata[p, _VCAP] = pdata[p, _VLEN]
+        used += pdata[p, _VLEN]
+        pdata[p, _VLEN] = 0
+    pool = np.empty(max(used + used // 2, 1024), np.int32)
+    live = used
     lastw[:] = -1
     for k in range(nwords):
         base = wd[k, _OFF]
@@ -303,6 +327,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
     # found through lnew[x], (t, y) through rnew[y]; both reset after the merge.
     # No global pair hash table is needed at all.
     lnew = np.full(256 + num_merges, -1, np.int64)
+    # (pair, word) records of the current merge, placed by _place after it
+    tmp = np.empty(2 * 4096, np.int32)
     rnew = np.full(256 + num_merges, -1, np.int64)
 
     # ---- phase 3: the merge loop ------------------------------------------
@@ -351,6 +377,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
         buf_used += la + lb
 
         first_new = npairs
+        nt = 0
         bvs = pdata[best, _VSTART]
         bvl = pdata[best, _VLEN]
         for vi in range(bvl):
@@ -422,10 +449,23 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
                             rnew[y] = p
                     ws[2 * (base + q) + 1] = p
                     pdata[p, _COUNT] += w
-                    pool, used = _push(pool, used, pdata, p, k)
+                    if pdata[p, _VCAP] != k:  # this word once per new pair
+                        pdata[p, _VCAP] = k
+                        pdata[p, _VLEN] += 1
+                        if 2 * nt == tmp.shape[0]:
+                            grown = np.empty(2 * tmp.shape[0], np.int32)
+                            grown[: 2 * nt] = tmp
+                            tmp = grown
+                        tmp[2 * nt] = p
+                        tmp[2 * nt + 1] = k
+                        nt += 1
                     last = q
+        live -= pdata[best, _VLEN]
         pdata[best, _COUNT] = 0
         pdata[best, _VLEN] = 0
+        pool, used, live = _place(pool, used, live, pdata, first_new, npairs, tmp, nt)
+        if used > 2 * live + (1 << 20):
+            pool, used, live = _compact(pool, pdata, npairs)
         # the pairs this merge created get one heap entry each
         for p in range(first_new, npairs):
             key = pdata[p, _KEY]
