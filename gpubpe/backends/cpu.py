@@ -105,14 +105,14 @@ def _new_pair(pdata, npairs, key):
 
 
 @njit(cache=True, nogil=True)
-def _place(pool, used, live, pdata, first_new, npairs, tmp, nt):
+def _place(pool, used, pdata, first_new, npairs, tmp, nt):
     """Give the pairs a merge created exact-size word vectors at the pool's end.
 
     All words of a new pair are found in the merge that creates it, so its
     vector is sized once, here: a counting sort of the merge's (pair, word)
     records, kept in word-visit order (so every vector stays sorted). No
     vector ever grows in place, so the only garbage is the vectors of merged
-    or dead pairs, which ``_compact`` reclaims.
+    or dead pairs, which ``_compact`` reclaims in place.
     """
     if used + nt > pool.shape[0]:
         grown = np.empty(used + nt + pool.shape[0] // 2, np.int32)
@@ -128,26 +128,30 @@ def _place(pool, used, live, pdata, first_new, npairs, tmp, nt):
         p = tmp[2 * r]
         pool[pdata[p, _VSTART] + pdata[p, _VLEN]] = tmp[2 * r + 1]
         pdata[p, _VLEN] += 1
-    return pool, used, live + nt
+    return pool, used
 
 
 @njit(cache=True, nogil=True)
 def _compact(pool, pdata, npairs):
-    """Rebuild the pool with the vectors of live pairs only (count > 0)."""
-    live = 0
-    for p in range(npairs):
-        if pdata[p, _COUNT] > 0:
-            live += pdata[p, _VLEN]
-    out = np.empty(live + live // 2 + 1024, np.int32)
+    """Squeeze out the vectors of merged and dead pairs (count 0), in place.
+
+    Vectors lie in the pool in pair-id order (initial pairs in id order, new
+    pairs appended in id order after their merge), so moving each live vector
+    down never overwrites one not yet moved, and no second pool is needed.
+    Returns the new fill mark.
+    """
     used = 0
     for p in range(npairs):
         n = pdata[p, _VLEN] if pdata[p, _COUNT] > 0 else 0
-        out[used : used + n] = pool[pdata[p, _VSTART] : pdata[p, _VSTART] + n]
+        src = pdata[p, _VSTART]
+        if src != used:
+            for i in range(n):
+                pool[used + i] = pool[src + i]
         pdata[p, _VSTART] = used
         pdata[p, _VLEN] = n
         pdata[p, _VCAP] = n
         used += n
-    return out, used, live
+    return used
 
 
 @njit(cache=True, nogil=True)
@@ -264,7 +268,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
         tlen[i] = 1
     buf_used = 256
 
-    pdata = np.empty((1 << 15, _PCOLS), np.int64)
+    pdata = np.empty((max(1 << 16, 32 * num_merges), _PCOLS), np.int64)
     npairs = 0
     # ws[2 i] is symbol i, ws[2 i + 1] the id of the pair starting there:
     # side by side, so a word's symbols and pair ids come in one cache miss,
@@ -298,8 +302,10 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
         pdata[p, _VCAP] = pdata[p, _VLEN]
         used += pdata[p, _VLEN]
         pdata[p, _VLEN] = 0
-    pool = np.empty(max(used + used // 2, 1024), np.int32)
-    live = used
+    # Capacities are generous on purpose: pages that are never written are
+    # never resident, while growing by copying holds two copies at once.
+    pool = np.empty(max(3 * used, 1024), np.int32)
+    garbage = 0  # pool entries of merged pairs' vectors, reclaimed by _compact
     lastw[:] = -1
     for k in range(nwords):
         base = wd[k, _OFF]
@@ -311,7 +317,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
                 pdata[p, _VLEN] += 1
 
     # ---- phase 2: heap of all live pairs: rows (count, key, pair id) --------
-    h = np.empty((max(2 * npairs, 1024), 3), np.int64)
+    h = np.empty((max(2 * npairs, 32 * num_merges, 1024), 3), np.int64)
     size = 0
     for p in range(npairs):
         if pdata[p, _COUNT] > 0:
@@ -460,12 +466,13 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
                         tmp[2 * nt + 1] = k
                         nt += 1
                     last = q
-        live -= pdata[best, _VLEN]
+        garbage += pdata[best, _VLEN]
         pdata[best, _COUNT] = 0
         pdata[best, _VLEN] = 0
-        pool, used, live = _place(pool, used, live, pdata, first_new, npairs, tmp, nt)
-        if used > 2 * live + (1 << 20):
-            pool, used, live = _compact(pool, pdata, npairs)
+        pool, used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
+        if 4 * garbage > used and garbage > (1 << 20):
+            used = _compact(pool, pdata, npairs)
+            garbage = 0
         # the pairs this merge created get one heap entry each
         for p in range(first_new, npairs):
             key = pdata[p, _KEY]
