@@ -183,7 +183,9 @@ def train(
     special_tokens: cut the input (longest first), never merge, get the last ids.
     backend:        'auto' (CUDA when a device answers, else CPU), 'cpu', 'cuda',
                     or 'cuda-sim' (the CUDA backend's code on the CPU, for tests).
-    workers:        pre-tokenization processes (default: all cores).
+    workers:        pre-tokenization workers (default: all cores): threads for the
+                    GPT-2 pattern (the Numba code releases the GIL), processes for
+                    other patterns.
     chunk_size:     bytes per pre-tokenization chunk; the result does not depend on it.
     progress:       progress bars on stderr (default: when stderr is a terminal).
     pattern:        pre-tokenization: 'gpt2' (default; the fast byte-level path),

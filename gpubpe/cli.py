@@ -54,6 +54,7 @@ def cmd_train(args) -> int:
             special_tokens=specials or (),
             backend=args.backend,
             workers=args.workers,
+            pattern=args.pattern,
             progress=False if args.quiet else None,
         )
     except (ValueError, TypeError, OSError) as e:
@@ -138,7 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a special token; repeat for several (longest match wins)")
     t.add_argument("--out", default="tokenizer", help="output directory (default ./tokenizer)")
     t.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda-sim"])
-    t.add_argument("--workers", type=int, default=None, help="pre-tokenization processes (default: all cores)")
+    t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (default: all cores)")
+    t.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX",
+                   help="pre-tokenization: gpt2 (default, the fast path), cl100k, o200k, or a regex")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
     t.set_defaults(func=cmd_train)
 

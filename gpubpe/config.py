@@ -1,8 +1,8 @@
 """Tunables, in one place."""
 
 # Bytes per pre-tokenization chunk. Chunks are cut at special tokens or at a
-# safe boundary (see gpubpe.pretokenize), handed to worker processes, and
-# counted independently. Peak memory is about (2 * workers + 1) chunks plus
+# safe boundary (see gpubpe.pretokenize), handed to workers (threads on the
+# GPT-2 path, processes on the regex path), and counted independently. Peak memory is about (2 * workers + 1) chunks plus
 # the unique words; 4 MiB keeps two cores busy on a 38 MB corpus.
 CHUNK_SIZE = 4 << 20
 
