@@ -15,6 +15,21 @@
 // compared first; bytes only on equal counts.
 #include "common.cuh"
 
+// block_best: every thread offers its candidate slot; a tree reduction in
+// shared memory leaves the block's best in best_s[0]. All threads of the block
+// must call it (it holds __syncthreads).
+__device__ void block_best(long long* best_s, long long mine, const u64* keys, const long long* cnt,
+                           const unsigned char* tb, const long long* toff, const int* tlen) {
+    unsigned tid = threadIdx.x;
+    best_s[tid] = mine;
+    __syncthreads();
+    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
+        if (tid < half && slot_above(best_s[tid + half], best_s[tid], keys, cnt, tb, toff, tlen))
+            best_s[tid] = best_s[tid + half];
+        __syncthreads();
+    }
+}
+
 // argmax_partial
 //   Geometry: 1-D, any grid; blockDim a power of two <= MAX_BLOCK.
 //   In:  keys/cnt (capacity 1 << bits), tb/toff/tlen, st (no-op when halted)
@@ -33,13 +48,7 @@ extern "C" __global__ void argmax_partial(const u64* __restrict__ keys, const lo
         if (cnt[s] > 0 && slot_above(s, best, keys, cnt, tb, toff, tlen)) best = s;
     }
     unsigned tid = threadIdx.x;
-    best_s[tid] = best;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (tid < half && slot_above(best_s[tid + half], best_s[tid], keys, cnt, tb, toff, tlen))
-            best_s[tid] = best_s[tid + half];
-        __syncthreads();
-    }
+    block_best(best_s, best, keys, cnt, tb, toff, tlen);
     if (tid == 0) part[blockIdx.x] = best_s[0];
 }
 
@@ -67,13 +76,7 @@ extern "C" __global__ void argmax_final(const u64* __restrict__ keys, const long
     for (int i = (int)tid; i < nparts; i += (int)blockDim.x) {
         if (slot_above(part[i], best, keys, cnt, tb, toff, tlen)) best = part[i];
     }
-    best_s[tid] = best;
-    __syncthreads();
-    for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
-        if (tid < half && slot_above(best_s[tid + half], best_s[tid], keys, cnt, tb, toff, tlen))
-            best_s[tid] = best_s[tid + half];
-        __syncthreads();
-    }
+    block_best(best_s, best, keys, cnt, tb, toff, tlen);
     int a = 0, b = 0, la = 0, lb = 0;
     if (tid == 0) {
         copy_s[3] = 0;

@@ -536,3 +536,20 @@ def test_sim_reports_divergent_barrier(harness_dir):
         launch("divergent", 1, 4, out)
         """)
     assert r.returncode != 0 and "__syncthreads" in r.stderr
+
+
+def test_barrier_detection_follows_device_functions():
+    """A kernel that reaches __syncthreads only through a __device__ helper
+    still runs its threads as fibers in the simulator (else the barrier aborts)."""
+    from gpubpe.backends._cuda_kernels import parse_kernels
+
+    header = "__device__ void reduce_in_block(long long* s) { __syncthreads(); }\n"
+    src = (
+        "__device__ int plain(int x) { return x + 1; }\n"
+        "__device__ void outer(long long* s) { reduce_in_block(s); }\n"
+        'extern "C" __global__ void k_helper(long long* a) { outer(a); }\n'
+        'extern "C" __global__ void k_plain(long long* a) { a[0] = plain(1); }\n'
+        'extern "C" __global__ void k_direct(long long* a) { __syncthreads(); }\n'
+    )
+    sigs = {s.name: s.uses_barrier for s in parse_kernels(src, "t.cu", header)}
+    assert sigs == {"k_helper": True, "k_plain": False, "k_direct": True}

@@ -75,6 +75,33 @@ class KernelSig:
 
 
 _SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)\s*\{', re.S)
+_DEVICE_FN = re.compile(r"__device__\s+[\w\s\*]*?(\w+)\s*\([^)]*\)\s*\{", re.S)
+
+
+def _body(source: str, start: int) -> str:
+    """The text of the brace block that opens just before ``start``."""
+    depth, i = 1, start
+    while depth:
+        c = source[i]
+        depth += (c == "{") - (c == "}")
+        i += 1
+    return source[start:i]
+
+
+def _barrier_functions(source: str) -> set[str]:
+    """Names of ``__device__`` functions that reach ``__syncthreads``, directly or
+    through another such function: a kernel calling one needs the simulator's
+    per-thread fibers just as if it called ``__syncthreads`` itself."""
+    bodies = {m.group(1): _body(source, m.end()) for m in _DEVICE_FN.finditer(source)}
+    found = {name for name, b in bodies.items() if "__syncthreads" in b}
+    grew = True
+    while grew:
+        grew = False
+        for name, b in bodies.items():
+            if name not in found and any(re.search(rf"\b{f}\s*\(", b) for f in found):
+                found.add(name)
+                grew = True
+    return found
 
 
 def _norm_type(decl: str) -> tuple[str, str]:
@@ -86,31 +113,30 @@ def _norm_type(decl: str) -> tuple[str, str]:
     return ctype, m.group(2)
 
 
-def parse_kernels(source: str, file: str = "<source>") -> list[KernelSig]:
+def parse_kernels(source: str, file: str = "<source>", headers: str = "") -> list[KernelSig]:
     """The ``extern "C" __global__`` kernels of a ``.cu`` source with their
-    parameters, and whether each body calls ``__syncthreads``."""
+    parameters, and whether each body reaches ``__syncthreads`` (itself or
+    through ``__device__`` functions of the source or of ``headers``)."""
     out = []
+    barrier_fns = _barrier_functions(headers + "\n" + source)
     for m in _SIG.finditer(source):
-        depth, i = 1, m.end()
-        while depth:
-            c = source[i]
-            depth += (c == "{") - (c == "}")
-            i += 1
-        body = source[m.end() : i]
+        body = _body(source, m.end())
         params = tuple(_norm_type(p) for p in m.group(2).split(",") if p.strip())
         for ctype, pname in params:
             if ctype not in _CTYPES:
                 raise ValueError(f"{file}: kernel {m.group(1)} parameter {pname} has type {ctype!r}, "
                                  f"which the wrappers do not map (known: {sorted(_CTYPES)})")
-        out.append(KernelSig(m.group(1), file, params, "__syncthreads" in body))
+        uses_barrier = "__syncthreads" in body or any(re.search(rf"\b{f}\s*\(", body) for f in barrier_fns)
+        out.append(KernelSig(m.group(1), file, params, uses_barrier))
     return out
 
 
 @lru_cache(maxsize=None)
 def _signatures(kdir: str) -> dict[str, KernelSig]:
     sigs = {}
+    headers = "\n".join(h.read_text() for h in sorted(Path(kdir).glob("*.cuh")))
     for f in sorted(Path(kdir).glob("*.cu")):
-        for s in parse_kernels(f.read_text(), f.name):
+        for s in parse_kernels(f.read_text(), f.name, headers):
             sigs[s.name] = s
     return sigs
 
