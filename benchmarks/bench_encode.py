@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default=str(os.cpu_count()), help="comma list, e.g. 1,2")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write every sample here")
+    p.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     p.add_argument("--_child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -159,7 +160,29 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"corpus": args.corpus, "bytes": size, "tokenizer": tokdir,
                                                "results": results}, indent=1))
+    if args.results:
+        _write_results(args, size, results)
     return 0
+
+
+def _write_results(args, size: int, results: dict) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _common as C
+
+    corpus = C.corpus_info(args.corpus)
+    rows = []
+    for threads, r in results.items():
+        med = r["median_s"]
+        for tool in CHILDREN:
+            rows.append([tool, str(threads), f"{med[tool]:.2f}", f"{size / med[tool] / 1e6:.1f}",
+                         f"{med[tool] / med['gpubpe']:.2f}x", f"{r['tokens']:,}", "yes" if r["identical_ids"] else "NO"])
+    table = C.md_table(["tool", "threads", "s (median)", "MB/s", "time / gpubpe", "tokens", "identical ids"], rows)
+    notes = [f"median of {args.repeats} fresh-process runs after a warm-up round; the whole corpus to one "
+             "token array (gpubpe encode vs tiktoken encode_ordinary_batch), reading the file included",
+             f"tokenizer: vocab {args.vocab_size} trained by gpubpe on the same corpus"]
+    section = C.render_section(title=f"Corpus encoding ({corpus.name})", command=C.command_line(), body=table,
+                               corpora=[corpus], machine=C.machine_info(), notes=notes)
+    C.update_results(f"encode.{Path(args.corpus).stem}", section)
 
 
 if __name__ == "__main__":

@@ -44,28 +44,33 @@ def main(argv=None) -> int:
     ap.add_argument("--engines", default="numba")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"))
+    ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
 
     from gpubpe.backends.cpu import merge_loop
     from gpubpe.backends.cpu_small import merge_loop_small
 
     engines = {"numba": merge_loop, "python": merge_loop_small}
-    table, h = load_table(args.corpus, args.special_token, args.cache_dir)
+    wt, h = load_table(args.corpus, args.special_token, args.cache_dir)
     n = args.vocab_size - 256 - (1 if args.special_token else 0)
-    print(f"corpus {args.corpus} (sha256 {h}...): {table.num_words:,} unique words, "
-          f"{table.symbols.shape[0]:,} symbols; {n:,} merges asked")
+    n_words, n_symbols = wt.num_words, wt.symbols.shape[0]
+    print(f"corpus {args.corpus} (sha256 {h}...): {wt.num_words:,} unique words, "
+          f"{wt.symbols.shape[0]:,} symbols; {n:,} merges asked")
     results = {}
+    rows = []
     for name in args.engines.split(","):
         fn = engines[name]
-        fn(table.symbols, table.offsets, table.counts, 1, np.zeros(1, np.int64))  # warm-up / compile
+        fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(1, np.int64))  # warm-up / compile
         walls, cpus = [], []
         for _ in range(args.repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            merges, _ = fn(table.symbols, table.offsets, table.counts, n, np.zeros(1, np.int64))
+            merges, _ = fn(wt.symbols, wt.offsets, wt.counts, n, np.zeros(1, np.int64))
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         results[name] = merges
         wall = statistics.median(walls)
+        rows.append([name, f"{len(merges):,}", f"{wall:.3f}", f"{statistics.median(cpus):.3f}",
+                     f"{1e6 * wall / max(len(merges), 1):.1f}"])
         print(f"| {name} | {len(merges):,} merges | wall {wall:.3f} s (median of {args.repeats}) "
               f"| cpu {statistics.median(cpus):.3f} s | {1e6 * wall / max(len(merges), 1):.1f} us/merge |")
     ref = next(iter(results.values()))
@@ -73,6 +78,19 @@ def main(argv=None) -> int:
         if m.shape != ref.shape or not (m == ref).all():
             print(f"MISMATCH: {name} merges differ", file=sys.stderr)
             return 1
+    if args.results:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import _common as C
+
+        corpus = C.corpus_info(args.corpus)
+        table = C.md_table(["engine", "merges", "wall s (median)", "cpu s (median)", "us / merge"], rows)
+        notes = [f"the merge loop alone (WordTable in, merges out) on {n_words:,} unique words, "
+                 f"{n_symbols:,} symbols; warm (compiled) engines; median of {args.repeats}",
+                 "all engines gave identical merges"]
+        section = C.render_section(title=f"Merge loop alone ({corpus.name}, vocab {args.vocab_size:,})",
+                                   command=C.command_line(), body=table, corpora=[corpus],
+                                   machine=C.machine_info(), notes=notes)
+        C.update_results(f"merge.{args.corpus.stem}.{args.vocab_size}", section)
     return 0
 
 

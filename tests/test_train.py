@@ -126,6 +126,30 @@ def test_wordtable_merges_match_oracle(backend_name, counts, n):
     assert as_bytes == want
 
 
+wide_count_tables = st.dictionaries(
+    st.binary(min_size=1, max_size=10).map(lambda b: bytes(x % 5 + 97 for x in b)),
+    st.integers(0, 40).map(lambda e: 1 + int(1.6**e)),  # 2 .. ~10^8: many threshold levels
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=max_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(counts=wide_count_tables, n=st.integers(1, 80))
+def test_wordtable_wide_counts_match_oracle(backend_name, counts, n):
+    """Counts over many orders of magnitude: the CPU heap admits pairs in count
+    bands (see backends/cpu.py), and every band change must keep the order."""
+    from .conftest import merge_fn
+
+    got = merge_fn(backend_name)(WordTable.from_counts(counts), n)
+    vocab = {i: bytes([i]) for i in range(256)}
+    as_bytes = []
+    for a, b in got.tolist():
+        as_bytes.append((vocab[a], vocab[b]))
+        vocab[len(vocab)] = vocab[a] + vocab[b]
+    assert as_bytes == reference_merges_from_counts(counts, n)
+
+
 def test_long_runs_merge_non_overlapping(merge):
     # (a,a) counts 4 + 2*3; then 'aaaaa' -> aa aa a and 'aaa' -> aa a, so
     # (aa,aa) counts 1 and (aa,a) 1 + 3; then 'aaaaa' -> aa aaa
