@@ -193,6 +193,15 @@ def test_counts_do_not_depend_on_chunks_or_workers(engine, workers, chunk_size):
     assert got == expected
 
 
+@both_engines
+@pytest.mark.parametrize("extra", [b"", bytes(range(256))])
+def test_count_dict_with_and_without_a_free_byte(engine, extra):
+    """The dict is built by joining the words around a byte none of them holds;
+    with all 256 byte values present it falls back to slicing."""
+    data = (FIXTURES / "corpus.en").read_bytes()[:20_000] + extra + b" \xff\x00\xfe end"
+    assert gpubpe.count_pretokens(data, special_tokens=[EOT]) == Counter(reference_pretokens(data, [EOT]))
+
+
 @settings(max_examples=max_examples(60), deadline=None)
 @given(fuzz_bytes, st.integers(1, 40), st.sampled_from([(), (EOT,), ("a b", "a b c")]))
 def test_counts_fuzzed_chunks(data, chunk_size, specials):
