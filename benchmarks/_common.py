@@ -577,9 +577,9 @@ def update_results(key: str, section: str, *, path: str | os.PathLike = RESULTS_
         text = text[:i] + block + text[j + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from gpubpe.model import atomic_write_text
+
+    atomic_write_text(path, text)
     return path
 
 

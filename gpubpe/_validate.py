@@ -94,5 +94,5 @@ def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
     else:
         raise TypeError(f"inputs must be a path, a list of paths, or an iterable of str, got {type(src).__name__}")
     if sum(p.stat().st_size for p in paths) == 0:
-        raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): nothing to train on")
+        raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): give files that hold text")
     return paths, None
