@@ -622,7 +622,7 @@ def count_pretokens(
     source,
     *,
     special_tokens: Sequence[str] = (),
-    workers: int | None = 1,
+    workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     pattern: str = "gpt2",
 ) -> dict[bytes, int]:
