@@ -260,6 +260,23 @@ def main(argv=None) -> int:
     BT.measure(tools, str(first), [min(args.vocab_list + [args.vocab_size])], repeats=0, warmup=1,
                threads=args.threads, timeout=args.timeout, log=log)
 
+    def report(rows, *, key, label, axis, section, title, plot_title, notes, corpora):
+        """One sweep's table, plot, printout and RESULTS.md section."""
+        body = sweep_table(rows, label)
+        png = plots_dir / f"{section.replace('.', '_')}.png"
+        if plot(rows, key, tools, axis, png, plot_title):
+            log(f"wrote {png}")
+            link = C.relpath_for_markdown(png, results or C.RESULTS_MD)
+            body += f"\n\n![time and peak memory against {label}]({link})"
+        notes = notes + fit_lines(rows, key, tools)
+        print(f"## {label}\n\n{body}\n")
+        print("\n".join(f"- {n}" for n in notes) + "\n")
+        if results:
+            C.update_results(section, C.render_section(
+                title=title, command=prov.command, body=body, corpora=corpora,
+                machine=prov.machine, date=prov.date, notes=notes), path=results)
+            log(f"updated {results} (section {section})")
+
     tmp = None
     try:
         if "corpus" in args.sweep_list:
@@ -278,44 +295,24 @@ def main(argv=None) -> int:
                     "the merge loop's word table does not (its merge time measures the same table as the previous row)."]
             rows = sweep([(x, i.path, args.vocab_size, f"{i.name} ({C.fmt_bytes(i.size)})") for x, i in points], tools,
                          key="bytes", repeats=args.repeats, threads=args.threads, timeout=args.timeout, log=log)
-            body = sweep_table(rows, "corpus")
-            png = plots_dir / "scaling_corpus.png"
-            if plot(rows, "bytes", tools, "corpus bytes", png, f"gpubpe: cost against corpus size (vocab {args.vocab_size:,})"):
-                log(f"wrote {png}")
-                link = C.relpath_for_markdown(png, results or C.RESULTS_MD)
-                body += f"\n\n![time and peak memory against corpus size]({link})"
-            notes = common_notes + repeated_note + fit_lines(rows, "bytes", tools)
-            print(f"## corpus size (vocab {args.vocab_size:,})\n\n{body}\n")
-            print("\n".join(f"- {n}" for n in notes) + "\n")
+            report(rows, key="bytes", label="corpus", axis="corpus bytes", section="scaling.corpus",
+                   title=f"Scaling with corpus size (vocab {args.vocab_size:,})",
+                   plot_title=f"gpubpe: cost against corpus size (vocab {args.vocab_size:,})",
+                   notes=common_notes + repeated_note, corpora=[i for _, i in points])
             doc["corpus_sweep"] = {"vocab_size": args.vocab_size, "corpora": [i.as_dict() for _, i in points], "rows": rows}
-            if results:
-                C.update_results("scaling.corpus", C.render_section(
-                    title=f"Scaling with corpus size (vocab {args.vocab_size:,})", command=prov.command, body=body,
-                    corpora=[i for _, i in points], machine=prov.machine, date=prov.date, notes=notes), path=results)
-                log(f"updated {results} (section scaling.corpus)")
 
         if "vocab" in args.sweep_list:
             vinfo = C.corpus_info(args.vocab_corpus) if args.vocab_corpus else infos[-1]
             warm_page_cache(vinfo.path)
             rows = sweep([(v, vinfo.path, v, f"{v:,}") for v in args.vocab_list], tools, key="vocab_size",
                          repeats=args.repeats, threads=args.threads, timeout=args.timeout, log=log)
-            body = sweep_table(rows, "vocab size")
-            png = plots_dir / "scaling_vocab.png"
-            if plot(rows, "vocab_size", tools, "vocab size", png, f"gpubpe: cost against vocab size ({vinfo.name})"):
-                log(f"wrote {png}")
-                link = C.relpath_for_markdown(png, results or C.RESULTS_MD)
-                body += f"\n\n![time and peak memory against vocab size]({link})"
-            notes = common_notes + [
-                "`vocab`: the size reached; below the one asked, the corpus ran out of pairs to merge."
-            ] + fit_lines(rows, "vocab_size", tools)
-            print(f"## vocab size ({vinfo.name})\n\n{body}\n")
-            print("\n".join(f"- {n}" for n in notes) + "\n")
+            report(rows, key="vocab_size", label="vocab size", axis="vocab size", section="scaling.vocab",
+                   title=f"Scaling with vocab size ({vinfo.name})",
+                   plot_title=f"gpubpe: cost against vocab size ({vinfo.name})",
+                   notes=common_notes + [
+                       "`vocab`: the size reached; below the one asked, the corpus ran out of pairs to merge."],
+                   corpora=[vinfo])
             doc["vocab_sweep"] = {"corpus": vinfo.as_dict(), "rows": rows}
-            if results:
-                C.update_results("scaling.vocab", C.render_section(
-                    title=f"Scaling with vocab size ({vinfo.name})", command=prov.command, body=body,
-                    corpora=[vinfo], machine=prov.machine, date=prov.date, notes=notes), path=results)
-                log(f"updated {results} (section scaling.vocab)")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
