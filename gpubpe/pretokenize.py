@@ -445,21 +445,7 @@ class _Table:
         return WordTable(symbols, offsets, counts)
 
     def to_dict(self) -> dict[bytes, int]:
-        from ._pretok_numba import join_words
-
-        symbols, offsets, counts = self.arrays()
-        missing = np.flatnonzero(np.bincount(symbols, minlength=256)[:256] == 0)
-        if missing.size:
-            # Join the words around a byte that none of them holds (0xFF never
-            # occurs in well-formed UTF-8) and let bytes.split cut them in C:
-            # about a third of the cost of one slice per word.
-            sep = int(missing[-1])
-            words = join_words(symbols, offsets, sep).tobytes().split(bytes([sep]))
-        else:
-            raw = symbols.astype(np.uint8).tobytes()
-            offs = offsets.tolist()
-            words = map(raw.__getitem__, map(slice, offs[:-1], offs[1:]))
-        return dict(zip(words, counts.tolist()))
+        return self.to_wordtable().to_counts()
 
 
 def _count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: int) -> _Table:
