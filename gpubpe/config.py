@@ -23,3 +23,13 @@ SMALL_TABLE_SYMBOLS = 200_000
 # code costs about half a second in a fresh process, while `regex` does about
 # 10 MB/s. Both give identical pre-tokens (tests/test_pretokenize.py).
 NUMBA_PRETOKENIZE_BYTES = 4 << 20
+
+# Where derived data is cached between runs (the Unicode class table rebuilt
+# for the installed `regex`, see gpubpe/_unicode.py). GPUBPE_CACHE_DIR wins,
+# then $XDG_CACHE_HOME/gpubpe, then ~/.cache/gpubpe. An unwritable cache is
+# not an error: the table is then rebuilt in memory (about a second).
+import os as _os
+
+CACHE_DIR = _os.environ.get("GPUBPE_CACHE_DIR") or _os.path.join(
+    _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache"), "gpubpe"
+)
