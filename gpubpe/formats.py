@@ -34,7 +34,8 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from .model import MODEL_FILE, atomic_write_text
+from ._files import atomic_write_bytes, check_set, write_set
+from .model import MODEL_FILE
 from .pretokenize import GPT2_PATTERN
 from .tokenizer import Tokenizer
 
@@ -193,9 +194,11 @@ def hf_json(obj) -> dict:
 def write_hf(obj, path: str | os.PathLike) -> Path:
     """Write ``tokenizer.json``: loads with ``tokenizers.Tokenizer.from_file`` and
     ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(hf_json(obj), ensure_ascii=False, indent=1))
-    return path
+    return atomic_write_bytes(path, _hf_bytes(_as_tokenizer(obj)))
+
+
+def _hf_bytes(tok: Tokenizer) -> bytes:
+    return json.dumps(hf_json(tok), ensure_ascii=False, indent=1).encode("utf-8")
 
 
 def write_gpt2(obj, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> tuple[Path, Path]:
@@ -204,15 +207,16 @@ def write_gpt2(obj, vocab_path: str | os.PathLike, merges_path: str | os.PathLik
     Special tokens are in ``vocab.json`` with their ids, escaped like every
     other entry (GPT-2's own file holds ``<|endoftext|>`` the same way).
     """
-    tok = _as_tokenizer(obj)
+    vocab, merges = _gpt2_bytes(_as_tokenizer(obj))
+    return atomic_write_bytes(vocab_path, vocab), atomic_write_bytes(merges_path, merges)
+
+
+def _gpt2_bytes(tok: Tokenizer) -> tuple[bytes, bytes]:
     vocab = {escape(b): i for i, b in _ordinary_tokens(tok)}
     for i, s in _specials(tok):
         vocab[escape(s.encode("utf-8"))] = i
     lines = ["#version: 0.2"] + [f"{escape(a)} {escape(b)}" for a, b in tok.merges]
-    vocab_path, merges_path = Path(vocab_path), Path(merges_path)
-    atomic_write_text(vocab_path, json.dumps(vocab, ensure_ascii=False, indent=0))
-    atomic_write_text(merges_path, "\n".join(lines) + "\n")
-    return vocab_path, merges_path
+    return json.dumps(vocab, ensure_ascii=False, indent=0).encode("utf-8"), ("\n".join(lines) + "\n").encode("utf-8")
 
 
 def tiktoken_ranks(obj) -> dict[bytes, int]:
@@ -223,11 +227,12 @@ def tiktoken_ranks(obj) -> dict[bytes, int]:
 
 def write_tiktoken(obj, path: str | os.PathLike) -> Path:
     """Write a ``.tiktoken`` file: ``base64(token) rank`` per line, by rank."""
-    path = Path(path)
-    ranks = tiktoken_ranks(obj)
-    text = "".join(f"{base64.b64encode(b).decode('ascii')} {r}\n" for b, r in ranks.items())
-    atomic_write_text(path, text)
-    return path
+    return atomic_write_bytes(path, _tiktoken_bytes(_as_tokenizer(obj)))
+
+
+def _tiktoken_bytes(tok: Tokenizer) -> bytes:
+    ranks = tiktoken_ranks(tok)
+    return "".join(f"{base64.b64encode(b).decode('ascii')} {r}\n" for b, r in ranks.items()).encode("ascii")
 
 
 def to_tiktoken(obj, *, name: str = "gpubpe"):
@@ -253,25 +258,29 @@ def export(obj, directory: str | os.PathLike, *, formats: Sequence[str] = FORMAT
     native: ``model.json`` (needs a BPEModel, or a Tokenizer in the trainer's
     id layout); hf: ``tokenizer.json``; gpt2: ``vocab.json`` + ``merges.txt``;
     tiktoken: ``tokenizer.tiktoken``.
+
+    The directory holds one tokenizer: the files are written as a set that
+    replaces whatever set was there (files of another model that ``formats``
+    does not name are removed), so no interruption or full disk leaves two
+    models mixed (:mod:`gpubpe._files`). Every file is built in memory
+    before the first byte is written.
     """
     if isinstance(formats, str):
         formats = [formats]
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format {unknown[0]!r}: choose from {', '.join(FORMATS)}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
+    files: dict[str, bytes] = {}
     if "native" in formats:
-        written.append(_as_model(obj).save(d))
+        files[MODEL_FILE] = _as_model(obj).to_json()
     tok = _as_tokenizer(obj)
     if "hf" in formats:
-        written.append(write_hf(tok, d / HF_FILE))
+        files[HF_FILE] = _hf_bytes(tok)
     if "gpt2" in formats:
-        written.extend(write_gpt2(tok, d / VOCAB_FILE, d / MERGES_FILE))
+        files[VOCAB_FILE], files[MERGES_FILE] = _gpt2_bytes(tok)
     if "tiktoken" in formats:
-        written.append(write_tiktoken(tok, d / TIKTOKEN_FILE))
-    return written
+        files[TIKTOKEN_FILE] = _tiktoken_bytes(tok)
+    return write_set(directory, files)
 
 
 def native_layout(obj) -> bool:
@@ -473,6 +482,7 @@ def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> Toke
     """See :meth:`Tokenizer.load`."""
     path = Path(path)
     if path.is_dir():
+        check_set(path)  # refuse a set that an interrupted write left mixed
         for name in (MODEL_FILE, HF_FILE, VOCAB_FILE, TIKTOKEN_FILE):
             if (path / name).exists():
                 if name == VOCAB_FILE and not (path / MERGES_FILE).exists():
@@ -484,6 +494,7 @@ def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> Toke
         )
     if not path.exists():
         raise FileNotFoundError(f"no such tokenizer file or directory: {str(path)!r}")
+    check_set(path.parent, [path.name] + ([MERGES_FILE] if path.name == VOCAB_FILE else []))
     name = path.name
     if name == MODEL_FILE:
         from .model import load

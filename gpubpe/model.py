@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._files import atomic_write_bytes, atomic_write_text, read_checked, write_set  # noqa: F401 (re-exported)
 from .pretokenize import GPT2_PATTERN
 
 FORMAT = "gpubpe-bpe"
@@ -26,6 +27,9 @@ class BPEModel:
     special_tokens: in the order given; special token ``j`` has id
                     ``256 + len(merges) + j``.
     pattern:        the pre-tokenization regex.
+    unicode:        the Unicode class table the corpus was pre-tokenized with
+                    (``regex-<version>:<hash>``, see :func:`gpubpe._unicode.table_id`);
+                    ``None`` when unknown (a model from another tool).
 
     Two merges may create the same bytes (``(a, bc)`` and ``(ab, c)``); both
     ids stay in ``vocab``, and every export keeps the first (lowest) id for them.
@@ -35,9 +39,10 @@ class BPEModel:
     merges: list[tuple[bytes, bytes]]
     special_tokens: list[str] = field(default_factory=list)
     pattern: str = GPT2_PATTERN
+    unicode: str | None = None
 
     @classmethod
-    def from_merge_ids(cls, merge_ids, special_tokens, pattern: str = GPT2_PATTERN) -> "BPEModel":
+    def from_merge_ids(cls, merge_ids, special_tokens, pattern: str = GPT2_PATTERN, unicode: str | None = None) -> "BPEModel":
         """Build from merges as ``(left_id, right_id)`` rows (what the backends return)."""
         vocab = {i: bytes([i]) for i in range(256)}
         merges = []
@@ -48,7 +53,7 @@ class BPEModel:
         base = len(vocab)
         for j, s in enumerate(special_tokens):
             vocab[base + j] = s.encode("utf-8")
-        return cls(vocab=vocab, merges=merges, special_tokens=list(special_tokens), pattern=pattern)
+        return cls(vocab=vocab, merges=merges, special_tokens=list(special_tokens), pattern=pattern, unicode=unicode)
 
     def merge_ids(self) -> list[tuple[int, int]]:
         """Merges as id pairs, resolving each side to the id that created it."""
@@ -61,53 +66,110 @@ class BPEModel:
             first.setdefault(a + b, 256 + i)
         return out
 
-    def save(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.json`` into ``directory`` (created if needed); returns its path."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
+    def to_json(self) -> bytes:
+        """The ``model.json`` document, as bytes."""
         doc = {
             "format": FORMAT,
             "version": VERSION,
             "pattern": self.pattern,
             "special_tokens": self.special_tokens,
             "vocab_size": len(self.vocab),
+            "unicode": self.unicode,
             # merge i is [left id, right id] and creates id 256 + i
             "merges": [list(p) for p in self.merge_ids()],
         }
-        path = d / MODEL_FILE
-        atomic_write_text(path, json.dumps(doc, ensure_ascii=False, separators=(",", ":")).replace('],[', '],\n['))
-        return path
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).replace("],[", "],\n[").encode("utf-8")
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.json`` into ``directory`` (created if needed); returns its path.
+
+        The directory holds one tokenizer: files another model left there
+        (``tokenizer.json``...) are removed, and the set is swapped in whole
+        (:mod:`gpubpe._files`), so an interruption never leaves two models mixed.
+        """
+        return write_set(directory, {MODEL_FILE: self.to_json()})[0]
+
+
+def _malformed(path, what: str) -> ValueError:
+    return ValueError(f"{path} is malformed: {what}; write it again with `gpubpe train --out` or `gpubpe export`")
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def from_json(doc, path="model.json") -> BPEModel:
+    """A model from the parsed ``model.json`` document, every field checked."""
+    if not isinstance(doc, dict):
+        raise _malformed(path, f"the document is a JSON {type(doc).__name__}, not an object")
+    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+        raise ValueError(f"{path} is not a gpubpe model (format {doc.get('format')!r} version {doc.get('version')!r})")
+    for key in ("pattern", "special_tokens", "merges"):
+        if key not in doc:
+            raise _malformed(path, f"the key {key!r} is missing")
+    pattern, specials, merges = doc["pattern"], doc["special_tokens"], doc["merges"]
+    if not isinstance(pattern, str) or not pattern:
+        raise _malformed(path, f"'pattern' must be a non-empty string, got {str(pattern)[:80]!r}")
+    if not isinstance(specials, list) or not all(isinstance(t, str) and t for t in specials):
+        raise _malformed(path, f"'special_tokens' must be a list of non-empty strings, got {str(specials)[:80]}")
+    if len(set(specials)) != len(specials):
+        raise _malformed(path, "'special_tokens' lists a token twice")
+    if not isinstance(merges, list):
+        raise _malformed(path, f"'merges' must be a list of [left id, right id], got {type(merges).__name__}")
+    for i, m in enumerate(merges):
+        if not (isinstance(m, list) and len(m) == 2 and _is_int(m[0]) and _is_int(m[1])):
+            raise _malformed(path, f"merge {i} is {str(m)[:80]}, not [left id, right id]")
+        if not (0 <= m[0] < 256 + i and 0 <= m[1] < 256 + i):
+            raise _malformed(path, f"merge {i} is {m}: its ids must be below {256 + i} (the ids made before it)")
+    size = doc.get("vocab_size")
+    made = 256 + len(merges) + len(specials)
+    if size is not None and size != made:
+        raise _malformed(path, f"'vocab_size' is {size!r} but the merges and special tokens make {made}")
+    unicode = doc.get("unicode")
+    if unicode is not None and not isinstance(unicode, str):
+        raise _malformed(path, f"'unicode' must be a string or null, got {str(unicode)[:80]}")
+    return BPEModel.from_merge_ids(merges, specials, pattern, unicode=unicode)
 
 
 def load(directory: str | os.PathLike) -> BPEModel:
-    """Read a model written by :meth:`BPEModel.save` (or ``gpubpe train --out``)."""
+    """Read a model written by :meth:`BPEModel.save` (or ``gpubpe train --out``).
+
+    A model pre-tokenized with another Unicode table than the installed
+    ``regex`` gives (a newer or older ``regex``) loads with a
+    :class:`UnicodeTableWarning`: text in the characters whose class changed
+    may pre-tokenize differently now.
+    """
     d = Path(directory)
     path = d / MODEL_FILE if d.is_dir() else d
     if not path.exists():
         raise FileNotFoundError(f"no {MODEL_FILE} in {str(directory)!r}: point at a directory written by `gpubpe train --out`")
-    doc = json.loads(path.read_text(encoding="utf-8"))
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise ValueError(f"{path} is not a gpubpe model (format {doc.get('format')!r} version {doc.get('version')!r})")
-    model = BPEModel.from_merge_ids(doc["merges"], doc["special_tokens"], doc["pattern"])
+    try:
+        doc = json.loads(read_checked(path).decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise _malformed(path, f"it is not UTF-8 ({e.reason})") from None
+    except json.JSONDecodeError as e:
+        raise _malformed(path, f"it is not JSON ({e.msg} at line {e.lineno})") from None
+    model = from_json(doc, path)
+    check_unicode(model, path)
     return model
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+class UnicodeTableWarning(UserWarning):
+    """A model was trained under another Unicode class table than the one installed."""
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, then rename: an
-    interrupted run leaves the old file or none, never half a file."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+def check_unicode(model: BPEModel, where="the model") -> None:
+    """Warn when ``model`` was pre-tokenized with another class table than the installed one."""
+    if model.unicode is None:
+        return
+    from . import _unicode
+
+    now = _unicode.table_id()
+    if model.unicode.rsplit(":", 1)[-1] != now.rsplit(":", 1)[-1]:
+        warnings.warn(
+            f"{where} was trained with the Unicode table {model.unicode}, and the installed regex gives "
+            f"{now}: text in the characters whose class changed may pre-tokenize differently "
+            f"(install the regex version the model names to match it exactly)",
+            UnicodeTableWarning,
+            stacklevel=3,
+        )

@@ -34,6 +34,14 @@ class WordTable:
     def num_words(self) -> int:
         return int(self.counts.shape[0])
 
+    def max_merges(self) -> int:
+        """An upper bound on the merges that can happen: each merge shortens at
+        least one word by at least one symbol, so no run makes more than the
+        table's symbols minus its words. Backends size their memory by
+        ``min(requested, max_merges())``, never by a vocabulary that cannot be reached."""
+        lengths = np.diff(self.offsets)
+        return int(np.maximum(lengths - 1, 0).sum())
+
     @classmethod
     def from_counts(cls, word_counts: Mapping[bytes, int]) -> "WordTable":
         """Build from ``{pre-token bytes: count}``. Words of one byte are kept

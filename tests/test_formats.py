@@ -66,7 +66,7 @@ def tok(model) -> Tokenizer:
 
 def test_export_writes_every_format(out_dir):
     names = sorted(p.name for p in out_dir.iterdir())
-    assert names == ["merges.txt", "model.json", "tokenizer.json", "tokenizer.tiktoken", "vocab.json"]
+    assert names == ["gpubpe-files.json", "merges.txt", "model.json", "tokenizer.json", "tokenizer.tiktoken", "vocab.json"]
 
 
 # ---------------------------------------------------------------------------
@@ -276,11 +276,11 @@ def test_cli_train_writes_all_and_export_converts(tmp_path):
     assert cli_main(["train", str(corpus), "--vocab-size", "400", "--special-token", EOT, "--out", str(out),
                      "--backend", "cpu", "-q"]) == 0
     assert {p.name for p in out.iterdir()} == {"model.json", "tokenizer.json", "vocab.json", "merges.txt",
-                                               "tokenizer.tiktoken"}
+                                               "tokenizer.tiktoken", "gpubpe-files.json"}
     conv = tmp_path / "conv"
     assert cli_main(["export", str(out / "tokenizer.json"), "--out", str(conv), "--format", "tiktoken",
                      "--format", "gpt2", "-q"]) == 0
-    assert {p.name for p in conv.iterdir()} == {"vocab.json", "merges.txt", "tokenizer.tiktoken"}
+    assert {p.name for p in conv.iterdir()} == {"vocab.json", "merges.txt", "tokenizer.tiktoken", "gpubpe-files.json"}
     a = Tokenizer.load(out)
     b = Tokenizer.load(conv / "tokenizer.tiktoken", special_tokens=[EOT])
     assert a.encode_bytes(TRAIN_BYTES) == b.encode_bytes(TRAIN_BYTES)

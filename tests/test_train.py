@@ -350,10 +350,12 @@ def test_interrupted_save_leaves_old_file(tmp_path, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(os, "replace", interrupted)
+    monkeypatch.setattr(os, "rename", interrupted)
     with pytest.raises(KeyboardInterrupt):
         gpubpe.BPEModel.from_merge_ids([(99, 100), (256, 97)], []).save(tmp_path)
     assert (tmp_path / "model.json").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpubpe-files.json", "model.json"]
+    assert gpubpe.load(tmp_path) == m1
 
 
 def test_load_rejects_other_files(tmp_path):

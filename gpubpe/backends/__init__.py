@@ -2,8 +2,12 @@
 neither Numba nor CuPy (DESIGN §3).
 
 A backend is a function ``(WordTable, num_merges, progress) -> (merges, ntokens)``
-where ``merges`` is int32[n, 2] of token ids and ``progress`` an int64[1] array
-the backend keeps set to the number of merges done.
+where ``merges`` is int32[n, 2] of token ids and ``progress`` an int64[2] array:
+the backend keeps ``progress[0]`` set to the number of merges done, and stops
+early (returning the merges made so far) once another thread sets
+``progress[1]`` (how an interrupt reaches a loop that runs in compiled code).
+``num_merges`` is at most :meth:`WordTable.max_merges`, so no backend sizes
+its memory by a vocabulary that cannot be reached.
 """
 
 from __future__ import annotations

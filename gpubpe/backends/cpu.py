@@ -285,12 +285,16 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
 
     symbols: int32[total] byte values (0..255), CSR by word; not modified.
     offsets: int64[W + 1]; counts: int64[W] (> 0).
-    progress: int64[1], set to the number of merges done (read by a progress
-    thread; this function releases the GIL).
+    progress: int64[2]: ``progress[0]`` is kept set to the number of merges
+    done (read by a progress thread; this function releases the GIL), and a
+    nonzero ``progress[1]``, written by another thread, stops the loop after
+    the current merge (an interrupt: signals reach only the main thread, and
+    compiled code never looks at them).
     Returns ``(merges, ntokens)``: int32[n, 2] with n <= num_merges (fewer when
     no pair is left), and the number of tokens the words now hold, weighted.
     """
     nwords = counts.shape[0]
+    stoppable = progress.shape[0] > 1
     wd = np.empty((nwords, 4), np.int64)
     for k in range(nwords):
         wd[k, _OFF] = offsets[k]
@@ -309,7 +313,10 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
         tlen[i] = 1
     buf_used = 256
 
-    pdata = np.empty((max(1 << 16, 32 * num_merges), _PCOLS), np.int64)
+    # Every pair ever created is an initial pair or was made by a merge at one
+    # of at most 2 positions per removed symbol, so 3 * symbols rows always
+    # suffice; the 32 * num_merges guess serves the usual case (_new_pair grows).
+    pdata = np.empty((max(1 << 16, min(32 * num_merges, 3 * symbols.shape[0])), _PCOLS), np.int64)
     npairs = 0
     # ws[2 i] is symbol i, ws[2 i + 1] the id of the pair starting there:
     # side by side, so a word's symbols and pair ids come in one cache miss,
@@ -530,6 +537,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
                 h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen)
         m += 1
         progress[0] = m
+        if stoppable and progress[1] != 0:
+            break
     # tokens the training data encodes to (merges replayed in order = BPE encoding)
     ntokens = np.int64(0)
     for k in range(nwords):

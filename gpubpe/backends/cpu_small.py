@@ -25,6 +25,7 @@ def _desc_key(t: bytes) -> tuple[int, ...]:
 
 
 def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
+    stoppable = progress.shape[0] > 1
     raw = symbols.tolist()
     off = offsets.tolist()
     cnt = counts.tolist()
@@ -92,6 +93,8 @@ def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
             if pcount[p] > 0:
                 heapq.heappush(heap, (-pcount[p], keys[p[0]], keys[p[1]], p))
         progress[0] = m + 1
+        if stoppable and progress[1]:
+            break  # an interrupt, set by the thread that waits for this one
 
     ntokens = sum(len(w) * c for w, c in zip(words, cnt))
     return np.asarray(merges, dtype=np.int32).reshape(-1, 2), ntokens

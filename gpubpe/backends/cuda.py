@@ -298,6 +298,8 @@ class _Loop:
             st = self._status()
             done = int(st[K.ST_DONE])
             progress[0] = done
+            if progress.shape[0] > 1 and progress[1]:
+                break  # an interrupt: stop between batches
             halt = int(st[K.ST_HALT])
             if halt == K.HALT_NO_PAIR:
                 break
