@@ -5,14 +5,23 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from . import _validate, backends, config
+from . import _unicode, _validate, backends, config
 from .model import BPEModel
 from .pretokenize import count_table, encode_specials, input_size, iter_chunks, resolve_pattern
+
+
+class TrainingStoppedEarly(UserWarning):
+    """Training made fewer merges than ``vocab_size`` asks for (the reason is in the message)."""
+
+
+class LongTokenWarning(UserWarning):
+    """Training made tokens so long that every export spells out megabytes per token."""
 
 
 @dataclass
@@ -29,6 +38,13 @@ class TrainStats:
     pretoken_bytes: int
     seconds_count: float
     seconds_merge: float
+    requested_merges: int = 0
+    stop_reason: str = "the vocabulary size was reached"
+    longest_token: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.num_merges < self.requested_merges
 
     @property
     def bytes_per_token(self) -> float:
@@ -41,7 +57,9 @@ class TrainStats:
                 f"backend        {self.backend}",
                 f"input          {self.input_bytes:,} bytes",
                 f"pre-tokens     {self.pretokens:,} ({self.unique_words:,} unique)",
-                f"merges         {self.num_merges:,}  (vocab size {self.vocab_size:,})",
+                f"merges         {self.num_merges:,} of {self.requested_merges:,}  (vocab size {self.vocab_size:,}): "
+                f"{self.stop_reason}",
+                f"longest token  {self.longest_token:,} bytes",
                 f"bytes/token    {self.bytes_per_token:.3f} on the training data (special tokens aside)",
                 f"time           pre-tokenize and count {self.seconds_count:.2f} s, "
                 f"merge {self.seconds_merge:.2f} s, total {total:.2f} s",
@@ -58,39 +76,48 @@ def _want_progress(progress) -> bool:
 def _bar(enabled: bool, **kw):
     if not enabled:
         return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # progress bars are a nicety, not a dependency to fail on
-        return None
+    from tqdm import tqdm
+
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
 
 
-def _run_merges(run, table, num_merges: int, show: bool):
-    """Run the backend; a watcher updates the bar from its progress counter.
+def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int | None):
+    """Run the backend in a worker thread while this thread waits, draws the
+    bar from the progress counter, and takes interrupts.
 
-    The backends release the GIL (Numba ``nogil``, CuPy waits), so the loop
-    runs in a worker thread and this thread reads the counter.
+    Always a thread, bar or not: a signal is handled only in the main thread
+    and only between bytecodes, so a compiled loop called from the main
+    thread would hold Ctrl-C until its end (and then fail inside Numba's
+    dispatcher). Here Ctrl-C raises in this thread at once, sets the stop
+    flag ``progress[1]``, which every backend checks after each merge (each
+    batch on a device), and the interrupt propagates once the loop has
+    returned: well within a second.
     """
-    progress = np.zeros(1, np.int64)
+    progress = np.zeros(2, np.int64)
     bar = _bar(show, total=num_merges, unit="merge", desc="merges")
-    if bar is None:
-        return run(table, num_merges, progress)
     result: list = []
     error: list = []
 
     def work():
         try:
-            result.append(run(table, num_merges, progress))
+            result.append(run(table, num_merges, progress, max_token_length=max_token_length))
         except BaseException as e:  # re-raised in the caller's thread
             error.append(e)
 
-    t = threading.Thread(target=work, daemon=True)
+    t = threading.Thread(target=work, name="gpubpe-merge", daemon=True)
     t.start()
-    while t.is_alive():
-        t.join(config.PROGRESS_INTERVAL)
-        bar.update(int(progress[0]) - bar.n)
-    bar.update(int(progress[0]) - bar.n)
-    bar.close()
+    try:
+        while t.is_alive():
+            t.join(config.PROGRESS_INTERVAL)
+            if bar is not None:
+                bar.update(int(progress[0]) - bar.n)
+    except KeyboardInterrupt:
+        progress[1] = 1
+        t.join()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     if error:
         raise error[0]
     return result[0]
@@ -106,6 +133,7 @@ def train_with_stats(
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
     pattern: str = "gpt2",
+    max_token_length: int | None = None,
 ) -> tuple[BPEModel, TrainStats]:
     """:func:`train`, also returning what the run did (:class:`TrainStats`)."""
     # 1. validate everything before reading a byte
@@ -114,9 +142,11 @@ def train_with_stats(
     backend = _validate.backend(backend)
     nworkers = _validate.workers(workers)
     chunk_size = _validate.chunk_size(chunk_size)
+    max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
     paths, texts = _validate.inputs(inputs)
     run = backends.get(backend)  # a missing device fails here, not after counting
+    backends.check_options(backend, max_token_length=max_token_length)
     specials = encode_specials(specials_str)
     show = _want_progress(progress)
 
@@ -141,12 +171,31 @@ def train_with_stats(
     pretokens = int(table.counts.sum())
     pretoken_bytes = int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum())
 
-    # 3. the merge loop
-    num_merges = vocab_size - 256 - len(specials_str)
-    merge_ids, ntokens = _run_merges(run, table, num_merges, show)
+    # 3. the merge loop, its memory sized by the merges that can happen
+    requested = vocab_size - 256 - len(specials_str)
+    num_merges = min(requested, table.max_merges())
+    merge_ids, ntokens = _run_merges(run, table, num_merges, show, max_token_length)
     t2 = time.perf_counter()
 
-    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str, pattern=pattern)
+    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str, pattern=pattern,
+                                    unicode=_unicode.table_id())
+    longest = max((len(a) + len(b) for a, b in model.merges), default=1)
+    if len(model.merges) >= requested:
+        reason = "the vocabulary size was reached"
+    elif pretokens == 0:
+        reason = "the input holds only special tokens: there is nothing to merge"
+    elif max_token_length is not None:
+        reason = f"no pair is left whose token would fit in max_token_length={max_token_length} bytes"
+    else:
+        reason = "no pair is left to merge (every pre-token is one token)"
+    if len(model.merges) < requested:
+        warnings.warn(f"training stopped after {len(model.merges):,} of {requested:,} merges: {reason}; "
+                      f"the vocabulary has {len(model.vocab):,} ids, not {vocab_size:,}",
+                      TrainingStoppedEarly, stacklevel=3)
+    if longest > config.LONG_TOKEN_WARN_BYTES:
+        warnings.warn(f"the longest token is {longest:,} bytes (a long run without a pre-token boundary); "
+                      f"every export spells each token out: pass max_token_length= to cap "
+                      f"tokens", LongTokenWarning, stacklevel=3)
     stats = TrainStats(
         backend=backends.resolve(backend),
         input_bytes=nbytes[0],
@@ -158,6 +207,9 @@ def train_with_stats(
         pretoken_bytes=pretoken_bytes,
         seconds_count=t1 - t0,
         seconds_merge=t2 - t1,
+        requested_merges=requested,
+        stop_reason=reason,
+        longest_token=longest,
     )
     return model, stats
 
@@ -172,6 +224,7 @@ def train(
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
     pattern: str = "gpt2",
+    max_token_length: int | None = None,
 ) -> BPEModel:
     """Train a byte-level BPE tokenizer with the CS336 rules, exactly.
 
@@ -192,6 +245,14 @@ def train(
                     'cl100k', 'o200k' (tiktoken's patterns) or any regex for the
                     `regex` package (slower, same results as regex.findall). The
                     model stores the regex itself.
+    max_token_length: None (default: exact, no cap) or the most bytes a merged
+                    token may hold: a pair whose token would be longer is never
+                    merged (everything else, ties included, unchanged).
+
+    Fewer merges than asked for (no pair left, only special tokens) warn with
+    :class:`TrainingStoppedEarly`; tokens over a megabyte warn with
+    :class:`LongTokenWarning`. Ctrl-C stops the merge loop within a second
+    (``KeyboardInterrupt``).
 
     >>> model = train(["corpus.txt"], vocab_size=1000, special_tokens=["<|endoftext|>"])  # doctest: +SKIP
     >>> model.merges[:2]  # doctest: +SKIP
@@ -206,6 +267,7 @@ def train(
         chunk_size=chunk_size,
         progress=progress,
         pattern=pattern,
+        max_token_length=max_token_length,
     )[0]
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import numbers
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -31,7 +33,7 @@ def special_tokens(tokens) -> tuple[str, ...]:
 
 
 def vocab_size(size, n_special: int) -> int:
-    if isinstance(size, bool) or not isinstance(size, int):
+    if not _int(size):
         raise TypeError(f"vocab_size must be an int, got {type(size).__name__} ({size!r})")
     floor = 256 + n_special
     if size < floor:
@@ -39,7 +41,7 @@ def vocab_size(size, n_special: int) -> int:
             f"vocab_size={size} is too small: the 256 byte tokens and {n_special} special token(s) "
             f"alone need {floor}; use vocab_size >= {floor}"
         )
-    return size
+    return int(size)
 
 
 def backend(name) -> str:
@@ -48,18 +50,53 @@ def backend(name) -> str:
     return name
 
 
-def workers(n) -> int:
-    if n is None:
+def cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+
+
+def _int(n) -> bool:
+    return isinstance(n, numbers.Integral) and not isinstance(n, bool)
+
+
+def workers(n) -> int:
+    """``n`` workers, capped (with a warning) at the cores this process may use:
+    more threads or processes than cores only add tables and memory."""
+    if n is None:
+        return cores()
+    if not _int(n):
+        raise TypeError(f"workers must be an int or None (all cores), got {type(n).__name__} ({n!r})")
+    if n < 1:
         raise ValueError(f"workers must be a positive int or None (all cores), got {n!r}")
+    n = int(n)
+    if n > cores():
+        warnings.warn(f"workers={n} is more than the {cores()} cores this process may use: using {cores()}",
+                      stacklevel=3)
+        return cores()
     return n
 
 
 def chunk_size(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"chunk_size must be a positive int (bytes), got {n!r}")
-    return n
+    from . import config
+
+    if not _int(n):
+        raise TypeError(f"chunk_size must be an int (bytes), got {type(n).__name__} ({n!r})")
+    if not 1 <= n <= config.MAX_CHUNK_SIZE:
+        raise ValueError(f"chunk_size must be between 1 and {config.MAX_CHUNK_SIZE:,} bytes, got {n!r}")
+    return int(n)
+
+
+def max_token_length(n) -> int | None:
+    if n is None:
+        return None
+    if not _int(n):
+        raise TypeError(f"max_token_length must be an int (bytes) or None, got {type(n).__name__} ({n!r})")
+    if n < 2:
+        raise ValueError(f"max_token_length must be at least 2 bytes (a merge makes 2 bytes or more), got {n!r}")
+    return int(n)
 
 
 def input_path(p) -> Path:

@@ -19,17 +19,15 @@ def default_corpus_text():
     return io.TextIOWrapper(lzma.LZMAFile(io.BytesIO(raw)), encoding="utf-8", newline="")
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"gpubpe: --out {str(out)!r} is a file: give a directory")
-    parent = out if out.exists() else out.parent
-    if not parent.exists():
-        # mkdir -p semantics are fine, but only below a directory that exists
-        ancestor = parent
-        while not ancestor.exists():
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise SystemExit(f"gpubpe: cannot create --out {str(out)!r}: {str(ancestor)!r} is not a directory")
+def _check_out_dir(out: Path, flag: str = "--out") -> None:
+    """Fail before any work if the output directory cannot be written."""
+    from ._files import check_writable
+
+    check_writable(out, f"{flag} directory")
+
+
+def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"gpubpe: warning: {message}", file=sys.stderr)
 
 
 def cmd_train(args) -> int:
@@ -47,24 +45,19 @@ def cmd_train(args) -> int:
         if not args.quiet:
             print(f"gpubpe: no input given: training on the shipped corpus (two Gutenberg books), "
                   f"special token {DEFAULT_SPECIAL}", file=sys.stderr)
-    try:
-        model, stats = train_with_stats(
-            inputs,
-            vocab_size=args.vocab_size,
-            special_tokens=specials or (),
-            backend=args.backend,
-            workers=args.workers,
-            pattern=args.pattern,
-            progress=False if args.quiet else None,
-        )
-    except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"gpubpe: {e}") from None
-    out.mkdir(parents=True, exist_ok=True)
+    model, stats = train_with_stats(
+        inputs,
+        vocab_size=args.vocab_size,
+        special_tokens=specials or (),
+        backend=args.backend,
+        workers=args.workers,
+        pattern=args.pattern,
+        progress=False if args.quiet else None,
+        max_token_length=args.max_token_length,
+    )
     written = save_all(model, out)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
-        if stats.num_merges < args.vocab_size - 256 - len(model.special_tokens):
-            print(f"note           stopped after {stats.num_merges:,} merges: no pair left to merge", file=sys.stderr)
         print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
 
@@ -83,12 +76,14 @@ def _load_tokenizer(path: str, special_tokens):
     try:
         return Tokenizer.load(path, special_tokens=special_tokens or None)
     except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"gpubpe: cannot load tokenizer {path!r}: {e}") from None
+        raise _Fail(f"cannot load tokenizer {path!r}: {e}") from None
 
 
 def cmd_export(args) -> int:
     from .formats import FORMATS, export, native_layout
 
+    out = Path(args.out)
+    _check_out_dir(out)
     tok = _load_tokenizer(args.source, args.special_token)
     src = Path(args.source)
     obj = tok
@@ -102,12 +97,7 @@ def cmd_export(args) -> int:
         formats.remove("native")
         if not args.quiet:
             print("gpubpe: ids not in the trainer's layout: model.json skipped", file=sys.stderr)
-    out = Path(args.out)
-    _check_out_dir(out)
-    try:
-        written = export(obj, out, formats=formats)
-    except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"gpubpe: {e}") from None
+    written = export(obj, out, formats=formats)
     if not args.quiet:
         print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
@@ -117,15 +107,14 @@ def cmd_encode(args) -> int:
     from .encode import encode_files
 
     tok = _load_tokenizer(args.tokenizer, args.special_token)
-    try:
-        stats = encode_files(
-            args.inputs, tok, args.out, workers=args.workers, progress=False if args.quiet else None
-        )
-    except (ValueError, TypeError, OSError) as e:
-        raise SystemExit(f"gpubpe: {e}") from None
+    stats = encode_files(args.inputs, tok, args.out, workers=args.workers, progress=False if args.quiet else None)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
     return 0
+
+
+class _Fail(Exception):
+    """An error already worded for the command line."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a tokenizer", description="Train a byte-level BPE tokenizer (CS336 rules, exact).")
-    t.add_argument("inputs", nargs="*", help="text files (UTF-8; invalid bytes are kept as bytes). None: the shipped corpus.")
+    t.add_argument("inputs", nargs="*", help="text files (UTF-8; invalid bytes are kept as bytes); - reads standard "
+                                             "input. None: the shipped corpus.")
     t.add_argument("--vocab-size", type=int, default=10000, help="256 bytes + merges + special tokens (default 10000)")
     t.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
                    help="a special token; repeat for several (longest match wins)")
@@ -142,7 +132,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (default: all cores)")
     t.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX",
                    help="pre-tokenization: gpt2 (default, the fast path), cl100k, o200k, or a regex")
-    t.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary")
+    t.add_argument("--max-token-length", type=int, default=None, metavar="BYTES",
+                   help="never merge a pair whose token would exceed BYTES (default: no cap, exact)")
+    t.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bars, no summary (warnings, such as an early stop, still print)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("export", help="convert a saved tokenizer to other formats",
@@ -173,8 +166,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run one command. Every failure ends in one line on stderr, never a
+    traceback: 1 for an error, 130 for an interrupt (Ctrl-C or, in
+    ``encode``, SIGTERM), as shells expect."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from . import backends
+
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.showwarning = _warn_line
+        warnings.simplefilter("default")
+        try:
+            return args.func(args)
+        except KeyboardInterrupt:
+            print("gpubpe: interrupted: nothing more was written (files saved before are intact)", file=sys.stderr)
+            return 130
+        except _Fail as e:
+            print(f"gpubpe: {e}", file=sys.stderr)
+        except backends.BackendUnavailable as e:
+            print(f"gpubpe: {e}", file=sys.stderr)
+        except MemoryError:
+            print("gpubpe: out of memory: use fewer --workers, a smaller --vocab-size or a machine with more memory",
+                  file=sys.stderr)
+        except (ValueError, TypeError, OSError) as e:
+            print(f"gpubpe: {_flag_names(e)}", file=sys.stderr)
+    return 1
+
+
+_FLAGS = {"vocab_size": "--vocab-size", "special_tokens": "--special-token", "max_token_length": "--max-token-length",
+          "workers": "--workers", "pattern": "--pattern", "backend": "--backend", "chunk_size": "chunk size"}
+
+
+def _flag_names(e: BaseException) -> str:
+    """The library's message with its keyword names as the command line spells them."""
+    import re
+
+    text = str(e)
+    return re.sub(r"\b(" + "|".join(_FLAGS) + r")(?==|\b)", lambda m: _FLAGS[m.group(1)], text)
 
 
 if __name__ == "__main__":

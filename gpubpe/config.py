@@ -24,6 +24,19 @@ SMALL_TABLE_SYMBOLS = 200_000
 # 10 MB/s. Both give identical pre-tokens (tests/test_pretokenize.py).
 NUMBA_PRETOKENIZE_BYTES = 4 << 20
 
+# Training warns (LongTokenWarning) when a token is longer than this many
+# bytes: every export spells each token out, so a 50 MB run of one letter
+# makes gigabytes of files unless max_token_length caps it.
+LONG_TOKEN_WARN_BYTES = 1 << 20
+
+# chunk_size above this is refused: a chunk is read into memory whole, and a
+# 10**12 chunk fails only when the read asks for it.
+MAX_CHUNK_SIZE = 1 << 32
+
+# Files are read in blocks of at most this many bytes, whatever chunk_size is
+# (chunks are assembled from blocks at safe cuts).
+READ_BLOCK = 64 << 20
+
 # Where derived data is cached between runs (the Unicode class table rebuilt
 # for the installed `regex`, see gpubpe/_unicode.py). GPUBPE_CACHE_DIR wins,
 # then $XDG_CACHE_HOME/gpubpe, then ~/.cache/gpubpe. An unwritable cache is

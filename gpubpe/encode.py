@@ -8,16 +8,22 @@ pre-token is a cache hit, so the merge loop runs once per distinct word, not
 once per occurrence), and the ids are appended in order to a ``.npy`` file.
 
 Memory is bounded: at most two chunks per worker are in flight, and the ids
-go to disk as each chunk finishes. The output is written to a temporary file
-next to ``out`` and renamed at the end, so an interrupted run leaves no
-half-written array under the final name.
+go to disk as each chunk finishes. A pre-token of any length costs about 18
+bytes of working memory per byte (a run of millions of letters is merged by a
+heap over flat arrays, in O(n log n), and is not kept in the cache). The
+output is written to a temporary file next to ``out`` and renamed at the end,
+so an interrupted run leaves no half-written array under the final name; on
+SIGTERM or Ctrl-C the workers are stopped and the temporary file is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,8 +88,18 @@ _CACHE_WORDS = 2_000_000
 _CACHE_BYTES = 1 << 30  # and past this many bytes of distinct pre-tokens
 
 # Pre-tokens at least this long skip the Numba rescan loop (O(n^2)) for the
-# tokenizer's heap loop (O(n log n)); they are rare (long runs of one class).
+# heap loop (O(n log n)); they are rare (long runs of one class).
 _LONG_WORD = 256
+
+# Pre-tokens at least this long are merged where they stand and never enter
+# the cache: one that long hardly ever comes back, and caching it would keep
+# its bytes and ids (9 bytes per byte) until the cache resets.
+_UNCACHED_WORD = 1 << 16
+
+# The heap of a long pre-token holds n + n * _HEAP_SLACK entries (8 bytes
+# each); when full, its stale entries are dropped. A larger slack means fewer
+# such passes (at most about 1 / _HEAP_SLACK of them), a smaller one less memory.
+_HEAP_SLACK = 0.25
 
 
 class _ChunkEncoder:
@@ -111,6 +127,11 @@ class _ChunkEncoder:
             self._special_id = {s.encode("utf-8"): i for s, i in tok.special_ids.items()}
             self._pairs = _pair_table(tok)
             self._byte_ids = np.asarray(tok._byte_ids, np.int64)
+            # byte length of each id: the heap loop finds a symbol's right
+            # neighbour from it, so it needs no linked list
+            self._tlen = np.zeros(tok.vocab_size, np.int64)
+            for i, b in tok.vocab.items():
+                self._tlen[i] = len(b)
             self.cache = _Cache()
 
     def __reduce__(self):
@@ -122,7 +143,9 @@ class _ChunkEncoder:
         workers then inherit them instead of each loading them again."""
         sample = "warm up: it's 12 cafés 日本 😀  \n\n".encode() * 3
         for s in self.tok.special_tokens[:1]:
-            sample += s.encode("utf-8") + b"x" * (_LONG_WORD + 1)
+            sample += s.encode("utf-8")
+        # one cached long word and one uncached: both heap-loop variants
+        sample += b" " + b"x" * (_LONG_WORD + 1) + b" " + b"y" * _UNCACHED_WORD
         self.encode(sample)
         if self.fast:
             self.cache = _Cache()
@@ -152,21 +175,56 @@ class _ChunkEncoder:
         if c.nwords > _CACHE_WORDS or c.koff[c.nwords] > _CACHE_BYTES:
             self.cache = c = _Cache()  # bounded memory on endless corpora
         idx = np.empty(starts.shape[0], np.int64)
+        lens = ends - starts
+        # the uncached spans take no room in the cache
+        cached_lens = np.where(lens < _UNCACHED_WORD, lens, 0)
         first_new = c.nwords
         k = 0
         while k < starts.shape[0]:
             # ensure room for every remaining span being new, then look up / insert
-            c.reserve(starts.shape[0] - k, int((ends[k:] - starts[k:]).sum()))
-            k = _lookup_insert(buf, starts, ends, k, c.slots, c.small, c.hashes, c.koff, c.keys, c.n, idx)
+            c.reserve(starts.shape[0] - k, int(cached_lens[k:].sum()))
+            k = _lookup_insert(buf, starts, ends, k, c.slots, c.small, c.hashes, c.koff, c.keys, c.n, idx,
+                               _UNCACHED_WORD)
             if k < starts.shape[0]:
                 c.rehash()  # a table passed half full
         if c.nwords > first_new:
             self._merge_new(first_new)
+        loff, lvals = self._merge_uncached(buf, starts, lens, idx)
         sp_pos_a = np.asarray(sp_pos, np.int64)
         sp_ids_a = np.asarray(sp_ids, np.int64)
-        out = np.empty(_total_ids(idx, c.voff) + len(sp_ids), self.dtype)
-        _assemble(idx, starts, sp_pos_a, sp_ids_a, c.voff, c.vals, out)
+        out = np.empty(_total_ids(idx, c.voff, loff) + len(sp_ids), self.dtype)
+        _assemble(idx, starts, sp_pos_a, sp_ids_a, c.voff, c.vals, loff, lvals, out)
         return out
+
+    def _merge_uncached(self, buf, starts, lens, idx):
+        """The ids of the spans _lookup_insert left out of the cache (idx -1).
+
+        Span k's ids become lvals[loff[j]:loff[j + 1]], and idx[k] = -1 - j.
+        """
+        long_k = np.flatnonzero(idx < 0)
+        if long_k.shape[0] == 0:
+            return np.zeros(1, np.int64), np.zeros(0, np.int32)
+        n_max = int(lens[long_k].max())
+        # every symbol is written in place of the last one: lvals starts as
+        # the bytes' ids and shrinks to the merged ids, word after word
+        lvals = np.empty(int(lens[long_k].sum()), _sym_dtype(n_max, self.tok.vocab_size))
+        left, heap = _heap_scratch(n_max, lvals.dtype)
+        loff = np.zeros(long_k.shape[0] + 1, np.int64)
+        m = 0
+        for j, k in enumerate(long_k.tolist()):
+            n = int(lens[k])
+            m += self._bpe_long(buf, int(starts[k]), n, lvals[m : m + n], left, heap)
+            loff[j + 1] = m
+            idx[k] = -1 - j
+        return loff, lvals
+
+    def _bpe_long(self, wbuf, s, n, sym, left, heap) -> int:
+        """Tokenizer._bpe of the pre-token wbuf[s:s + n]: its ids go to sym[:m]; returns m."""
+        slots, keys, ranks, news = self._pairs
+        if n * (len(self.tok.merges) + 1) >= 1 << 63:
+            raise MemoryError(f"a pre-token of {n:,} bytes is past what the heap keys can index")
+        return _bpe_heap(wbuf, s, n, self._byte_ids, self._tlen, slots, keys, ranks, news,
+                         sym, left, heap[: _heap_size(n)])
 
     def _merge_new(self, w0: int) -> None:
         """Fill the ids of the cache's words w0.. (just inserted)."""
@@ -177,11 +235,15 @@ class _ChunkEncoder:
         w = w0
         while w < c.nwords:
             w = _bpe_words(c.keys, c.koff, w, c.nwords, self._byte_ids, slots, keys, ranks, news, _LONG_WORD, c.vals, c.voff)
-            if w < c.nwords:  # a long word: the tokenizer's heap loop
-                ids = self.tok._bpe(c.keys[c.koff[w] : c.koff[w + 1]].tobytes())
-                v = c.voff[w]
-                c.vals[v : v + len(ids)] = ids
-                c.voff[w + 1] = v + len(ids)
+            if w < c.nwords:  # a long word: the heap loop
+                s = int(c.koff[w])
+                n = int(c.koff[w + 1]) - s
+                dt = _sym_dtype(n, self.tok.vocab_size)
+                sym = np.empty(n, dt)
+                m = self._bpe_long(c.keys, s, n, sym, *_heap_scratch(n, dt))
+                v = int(c.voff[w])
+                c.vals[v : v + m] = sym[:m]
+                c.voff[w + 1] = v + m
                 w += 1
 
 
@@ -309,9 +371,10 @@ def _append_word(buf, s, e, koff, keys, n, idx, k):
 
 
 @njit(cache=True, nogil=True)
-def _lookup_insert(buf, starts, ends, k0, slots, small, hashes, koff, keys, n, idx):
+def _lookup_insert(buf, starts, ends, k0, slots, small, hashes, koff, keys, n, idx, uncached):
     """idx[k] = the cache's word for span k, inserting the spans not yet there.
 
+    Spans of ``uncached`` bytes or more get idx -1 and stay out of the cache.
     Starts at span k0; returns the span it stopped at: the number of spans
     when done, earlier when a table got half full (the caller rehashes and
     calls again). Room in hashes/koff/keys is the caller's job.
@@ -323,6 +386,9 @@ def _lookup_insert(buf, starts, ends, k0, slots, small, hashes, koff, keys, n, i
             return k
         s = starts[k]
         e = ends[k]
+        if e - s >= uncached:
+            idx[k] = -1
+            continue
         if e - s <= 7:
             key = _pack(buf, s, e)
             j = _small_slot(key, nsmall)
@@ -466,17 +532,162 @@ def _bpe_words(wbuf, woff, w0, w1, byte_ids, slots, keys, ranks, news, long_len,
     return w1
 
 
+def _sym_dtype(n: int, vocab_size: int) -> np.dtype:
+    """The heap loop's index and id type: int32 halves its memory wherever it fits."""
+    return np.dtype(np.int32) if n < (1 << 31) - 1 and vocab_size <= 1 << 31 else np.dtype(np.int64)
+
+
+def _heap_size(n: int) -> int:
+    return n + int(n * _HEAP_SLACK) + 2
+
+
+def _heap_scratch(n: int, dt: np.dtype):
+    """The heap loop's working arrays for pre-tokens of up to n bytes."""
+    return np.empty(n, dt), np.empty(_heap_size(n), np.int64)
+
+
 @njit(cache=True, nogil=True)
-def _total_ids(idx, voff):
+def _sift_down(heap, h, i):
+    x = heap[i]
+    while True:
+        c = 2 * i + 1
+        if c >= h:
+            break
+        if c + 1 < h and heap[c + 1] < heap[c]:
+            c += 1
+        if heap[c] >= x:
+            break
+        heap[i] = heap[c]
+        i = c
+    heap[i] = x
+
+
+@njit(cache=True, nogil=True)
+def _sift_up(heap, i):
+    x = heap[i]
+    while i > 0:
+        p = (i - 1) >> 1
+        if heap[p] <= x:
+            break
+        heap[i] = heap[p]
+        i = p
+    heap[i] = x
+
+
+@njit(cache=True, nogil=True)
+def _heap_entry_live(key, n, sym, tlen, slots, keys, ranks):
+    """Whether the merge the entry was pushed for still applies at its position.
+
+    A rank names one pair, so comparing the rank of the pair there now with
+    the entry's is comparing the pairs (Tokenizer._bpe_heap keeps both ids).
+    """
+    r = key // n
+    i = key - r * n
+    a = sym[i]
+    if a < 0:
+        return False
+    j = i + tlen[a]
+    if j >= n:
+        return False
+    p = _find_pair(slots, keys, (np.int64(a) << 32) | np.int64(sym[j]))
+    return p >= 0 and ranks[p] == r
+
+
+@njit(cache=True, nogil=True)
+def _compact_heap(heap, h, n, sym, tlen, slots, keys, ranks):
+    w = 0
+    for t in range(h):
+        if _heap_entry_live(heap[t], n, sym, tlen, slots, keys, ranks):
+            heap[w] = heap[t]
+            w += 1
+    for t in range(w // 2 - 1, -1, -1):
+        _sift_down(heap, w, t)
+    return w
+
+
+@njit(cache=True, nogil=True)
+def _bpe_heap(wbuf, s, n, byte_ids, tlen, slots, keys, ranks, news, sym, left, heap):
+    """Tokenizer._bpe_heap on the word wbuf[s:s + n], in flat arrays.
+
+    sym[i] is the id of the symbol starting at byte i (-1 inside a symbol);
+    its right neighbour starts at i + tlen[sym[i]], and left[e] is the start
+    of the symbol ending at byte e, so no linked list is needed. Heap entries
+    are rank * n + position: popping the smallest merges the lowest (rank,
+    position) first, as the tokenizer does; stale entries are skipped when
+    popped, and dropped when the heap fills. The ids end up in sym[:m];
+    returns m.
+    """
+    for i in range(n):
+        sym[i] = byte_ids[wbuf[s + i]]
+        left[i] = i
+    h = 0
+    for i in range(n - 1):
+        p = _find_pair(slots, keys, (np.int64(sym[i]) << 32) | np.int64(sym[i + 1]))
+        if p >= 0:
+            heap[h] = ranks[p] * n + i
+            h += 1
+    for t in range(h // 2 - 1, -1, -1):
+        _sift_down(heap, h, t)
+    cap = heap.shape[0]
+    while h > 0:
+        key = heap[0]
+        h -= 1
+        if h > 0:
+            heap[0] = heap[h]
+            _sift_down(heap, h, 0)
+        if not _heap_entry_live(key, n, sym, tlen, slots, keys, ranks):
+            continue
+        i = key - (key // n) * n
+        j = i + tlen[sym[i]]
+        p = _find_pair(slots, keys, (np.int64(sym[i]) << 32) | np.int64(sym[j]))
+        c = news[p]
+        sym[i] = c
+        sym[j] = -1
+        k = i + tlen[c]
+        left[k - 1] = i
+        if h + 2 > cap:
+            # only live pairs are left, and each merge removed one: room again
+            h = _compact_heap(heap, h, n, sym, tlen, slots, keys, ranks)
+        if i > 0:
+            q = left[i - 1]
+            p = _find_pair(slots, keys, (np.int64(sym[q]) << 32) | np.int64(c))
+            if p >= 0:
+                heap[h] = ranks[p] * n + q
+                _sift_up(heap, h)
+                h += 1
+        if k < n:
+            p = _find_pair(slots, keys, (np.int64(c) << 32) | np.int64(sym[k]))
+            if p >= 0:
+                heap[h] = ranks[p] * n + i
+                _sift_up(heap, h)
+                h += 1
+    m = 0
+    i = 0
+    while i < n:  # m <= i: compacting in place overwrites only symbols already read
+        a = sym[i]
+        sym[m] = a
+        m += 1
+        i += tlen[a]
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _total_ids(idx, voff, loff):
     n = 0
     for k in range(idx.shape[0]):
-        n += voff[idx[k] + 1] - voff[idx[k]]
+        w = idx[k]
+        if w < 0:
+            n += loff[-w] - loff[-1 - w]
+        else:
+            n += voff[w + 1] - voff[w]
     return n
 
 
 @njit(cache=True, nogil=True)
-def _assemble(idx, starts, sp_pos, sp_ids, voff, vals, out):
-    """Each span's ids, and the special tokens' ids at their positions, in text order."""
+def _assemble(idx, starts, sp_pos, sp_ids, voff, vals, loff, lvals, out):
+    """Each span's ids, and the special tokens' ids at their positions, in text order.
+
+    A span with idx -1 - j has the uncached ids lvals[loff[j]:loff[j + 1]]."""
     m = 0
     p = 0
     for k in range(idx.shape[0]):
@@ -485,6 +696,11 @@ def _assemble(idx, starts, sp_pos, sp_ids, voff, vals, out):
             m += 1
             p += 1
         w = idx[k]
+        if w < 0:
+            for i in range(loff[-1 - w], loff[-w]):
+                out[m] = lvals[i]
+                m += 1
+            continue
         for i in range(voff[w], voff[w + 1]):
             out[m] = vals[i]
             m += 1

@@ -479,15 +479,26 @@ def load_tiktoken(
 
 
 def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> Tokenizer:
-    """See :meth:`Tokenizer.load`."""
-    path = Path(path)
+    """See :meth:`Tokenizer.load`. A file that is not what its name says
+    (wrong JSON shape, ids out of range, a merge of unknown tokens) is a
+    ``ValueError`` naming the file, never a ``KeyError`` from deep inside."""
+    try:
+        return _load_any(Path(path), special_tokens)
+    except (KeyError, IndexError, AttributeError, TypeError) as e:
+        if isinstance(e, TypeError) and "special_tokens" in str(e):
+            raise
+        raise ValueError(f"{path} is malformed ({type(e).__name__}: {e}): write it again with "
+                         "`gpubpe train --out` or `gpubpe export`") from None
+
+
+def _load_any(path: Path, special_tokens) -> Tokenizer:
     if path.is_dir():
         check_set(path)  # refuse a set that an interrupted write left mixed
         for name in (MODEL_FILE, HF_FILE, VOCAB_FILE, TIKTOKEN_FILE):
             if (path / name).exists():
                 if name == VOCAB_FILE and not (path / MERGES_FILE).exists():
                     continue
-                return load_any(path / name, special_tokens=special_tokens)
+                return _load_any(path / name, special_tokens)
         raise FileNotFoundError(
             f"{str(path)!r} holds no tokenizer ({MODEL_FILE}, {HF_FILE}, {VOCAB_FILE} + {MERGES_FILE} or "
             f"{TIKTOKEN_FILE}): point at a directory written by `gpubpe train --out` or `gpubpe export`"

@@ -67,10 +67,17 @@ class Tokenizer:
         self.vocab: dict[int, bytes] = {int(i): bytes(b) for i, b in vocab.items()}
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
         self.pattern = _resolve_pattern(pattern)
+        if isinstance(special_tokens, (str, bytes)):
+            raise TypeError(
+                f"special_tokens must be a list of strings, not a single {type(special_tokens).__name__}: "
+                f"write special_tokens=[{special_tokens!r}]"
+            )
         specials = list(special_tokens or ())
         for s in specials:
-            if not isinstance(s, str) or not s:
-                raise TypeError(f"special tokens must be non-empty str, got {s!r}")
+            if not isinstance(s, str):
+                raise TypeError(f"special tokens must be str, got {type(s).__name__} ({s!r})")
+            if not s:
+                raise ValueError("special tokens must not be empty strings: remove '' from special_tokens")
         # Each distinct special once, in the order given.
         self.special_tokens: list[str] = list(dict.fromkeys(specials))
 
@@ -336,11 +343,9 @@ class Tokenizer:
 
 
 def _resolve_pattern(pattern: str) -> str:
-    """A pattern name ('gpt2', 'cl100k', 'o200k') to its regex, where the pre-tokenizer knows names."""
-    try:
-        from .pretokenize import resolve_pattern
-    except ImportError:
-        return pattern
+    """A pattern name ('gpt2', 'cl100k', 'o200k') to its regex; a regex checked as training checks it."""
+    from .pretokenize import resolve_pattern
+
     return resolve_pattern(pattern)
 
 

@@ -1,7 +1,8 @@
 """Backend selection. Backends load on first use: ``import gpubpe`` imports
 neither Numba nor CuPy (DESIGN §3).
 
-A backend is a function ``(WordTable, num_merges, progress) -> (merges, ntokens)``
+A backend is a function ``(WordTable, num_merges, progress, *, max_token_length=None)
+-> (merges, ntokens)``
 where ``merges`` is int32[n, 2] of token ids and ``progress`` an int64[2] array:
 the backend keeps ``progress[0]`` set to the number of merges done, and stops
 early (returning the merges made so far) once another thread sets
@@ -23,13 +24,13 @@ def _cpu(engine: str = "auto"):
     """engine: 'numba', 'python' (small tables) or 'auto' (by table size)."""
     from .. import config
 
-    def run(table, num_merges, progress):
+    def run(table, num_merges, progress, *, max_token_length=None):
         small = table.symbols.shape[0] <= config.SMALL_TABLE_SYMBOLS
         if engine == "python" or (engine == "auto" and small):
             from .cpu_small import merge_loop_small as loop
         else:
             from .cpu import merge_loop as loop
-        return loop(table.symbols, table.offsets, table.counts, num_merges, progress)
+        return loop(table.symbols, table.offsets, table.counts, num_merges, progress, max_token_length or 0)
 
     return run
 
@@ -59,6 +60,15 @@ def resolve(name: str) -> str:
     if name == "auto":
         return "cuda" if cuda_available() else "cpu"
     return name
+
+
+def check_options(name: str, *, max_token_length=None) -> None:
+    """Refuse, before any work, an option the backend does not implement."""
+    if max_token_length is not None and resolve(name) in ("cuda", "cuda-sim"):
+        raise ValueError(
+            f"max_token_length is implemented by backend='cpu' only, not {resolve(name)!r}: "
+            "use backend='cpu' with it"
+        )
 
 
 def get(name: str) -> Callable:

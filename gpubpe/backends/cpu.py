@@ -280,7 +280,7 @@ def _refill(h, pdata, npairs, thresh, buf, toff, tlen):
 
 
 @njit(cache=True, nogil=True)
-def merge_loop(symbols, offsets, counts, num_merges, progress):
+def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
     """Run up to ``num_merges`` merges over the WordTable.
 
     symbols: int32[total] byte values (0..255), CSR by word; not modified.
@@ -290,6 +290,10 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
     nonzero ``progress[1]``, written by another thread, stops the loop after
     the current merge (an interrupt: signals reach only the main thread, and
     compiled code never looks at them).
+    max_len: 0, or the most bytes a merged token may hold: a pair whose token
+    would be longer is dropped when it reaches the top of the heap (its
+    tokens' lengths never change and its count only falls, so it can never
+    become a candidate), which leaves the order of all other pairs unchanged.
     Returns ``(merges, ntokens)``: int32[n, 2] with n <= num_merges (fewer when
     no pair is left), and the number of tokens the words now hold, weighted.
     """
@@ -406,6 +410,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress):
                 _sift_down(h, size, 0, buf, toff, tlen)
             cur = pdata[p, _COUNT]
             if cur == c and c > 0:
+                if max_len > 0 and tlen[key >> 32] + tlen[key & 0xFFFFFFFF] > max_len:
+                    continue
                 best = p
                 break
             if cur >= thresh and cur < c:

@@ -24,7 +24,7 @@ def _desc_key(t: bytes) -> tuple[int, ...]:
     return tuple(255 - c for c in t) + (256,)
 
 
-def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
+def merge_loop_small(symbols, offsets, counts, num_merges: int, progress, max_len: int = 0):
     stoppable = progress.shape[0] > 1
     raw = symbols.tolist()
     off = offsets.tolist()
@@ -54,6 +54,8 @@ def merge_loop_small(symbols, offsets, counts, num_merges: int, progress):
             negc, _, _, p = heapq.heappop(heap)
             cur = pcount.get(p, 0)
             if cur == -negc and cur > 0:
+                if max_len and len(tok[p[0]]) + len(tok[p[1]]) > max_len:
+                    continue  # never a candidate: lengths are fixed, counts only fall
                 best = p
                 break
             if 0 < cur < -negc:  # stale-high entry: re-insert with the true count

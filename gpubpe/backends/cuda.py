@@ -363,7 +363,9 @@ def make_backend(*, sim: bool):
                 "or use backend='cpu'"
             ) from e
 
-    def run(table, num_merges, progress):
+    def run(table, num_merges, progress, *, max_token_length=None):
+        if max_token_length is not None:
+            raise ValueError("max_token_length is implemented by backend='cpu' only")
         num_merges = int(num_merges)
         if num_merges <= 0:
             return np.zeros((0, 2), np.int32), int((np.diff(table.offsets) * table.counts).sum())
