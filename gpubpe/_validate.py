@@ -99,7 +99,26 @@ def max_token_length(n) -> int | None:
     return int(n)
 
 
+STDIN = "-"
+
+_BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
+         (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
+
+
+def no_utf16(head: bytes, path) -> None:
+    """Refuse text that starts with a UTF-16 or UTF-32 byte-order mark: read as
+    bytes it would train on every other byte being NUL."""
+    for bom, name in _BOMS:
+        if head.startswith(bom):
+            raise ValueError(
+                f"{str(path)!r} is {name[:6]} text (it starts with a byte-order mark), not UTF-8: convert it first, "
+                f"e.g. iconv -f {name} -t UTF-8 {path} > {Path(str(path)).stem}.utf8.txt"
+            )
+
+
 def input_path(p) -> Path:
+    if isinstance(p, str) and p == STDIN:
+        return Path(STDIN)  # standard input: read as a stream, checked as it is read
     path = Path(p)
     if not path.exists():
         hint = ""
@@ -108,6 +127,12 @@ def input_path(p) -> Path:
         raise FileNotFoundError(f"input file not found: {str(p)[:200]!r}{hint}")
     if path.is_dir():
         raise IsADirectoryError(f"input {str(p)!r} is a directory: pass the files in it, e.g. sorted(Path(dir).glob('*.txt'))")
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                no_utf16(f.read(4), p)
+        except PermissionError:
+            raise PermissionError(f"input {str(p)!r} cannot be read: check its permissions") from None
     return path
 
 
@@ -130,6 +155,19 @@ def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
         return None, src
     else:
         raise TypeError(f"inputs must be a path, a list of paths, or an iterable of str, got {type(src).__name__}")
-    if sum(p.stat().st_size for p in paths) == 0:
+    seen: dict = {}
+    for p in paths:
+        if str(p) == STDIN:
+            key = STDIN
+        else:
+            st = p.stat()
+            key = (st.st_dev, st.st_ino)
+        if key in seen:
+            raise ValueError(f"input {str(p)!r} is given twice (also as {str(seen[key])!r}): list each file once")
+        seen[key] = p
+    # Only regular files have a size to check here; standard input and pipes
+    # (/dev/stdin) are streams, found empty only once read.
+    regular = [p for p in paths if str(p) != STDIN and p.is_file()]
+    if len(regular) == len(paths) and sum(p.stat().st_size for p in regular) == 0:
         raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): give files that hold text")
     return paths, None

@@ -40,7 +40,7 @@ READ_BLOCK = 64 << 20
 # Where derived data is cached between runs (the Unicode class table rebuilt
 # for the installed `regex`, see gpubpe/_unicode.py). GPUBPE_CACHE_DIR wins,
 # then $XDG_CACHE_HOME/gpubpe, then ~/.cache/gpubpe. An unwritable cache is
-# not an error: the table is then rebuilt in memory (about a second).
+# not an error: the table is then rebuilt in memory (a fraction of a second).
 import os as _os
 
 CACHE_DIR = _os.environ.get("GPUBPE_CACHE_DIR") or _os.path.join(

@@ -59,6 +59,14 @@ class EncodeStats:
         )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while :func:`encode_files` ran.
+
+    A KeyboardInterrupt, so that whatever handles Ctrl-C handles it too; a
+    caller that cares which signal it was catches this class first.
+    """
+
+
 def token_dtype(vocab_size: int) -> np.dtype:
     """uint16 when every id fits (vocab size <= 65536), else uint32."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
@@ -74,6 +82,30 @@ _worker: _ChunkEncoder | None = None
 def _init_worker(encoder: _ChunkEncoder) -> None:
     global _worker
     _worker = encoder
+
+
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _init_pool_worker(encoder: _ChunkEncoder, parent: int) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone handles it,
+    # and stops the workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # a forked worker inherits the parent's SIGTERM handler, which raises;
+    # the parent's Process.terminate() must end a worker outright
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        # a parent killed outright (SIGKILL, OOM) cannot stop its workers,
+        # and they would wait for chunks forever
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+    _init_worker(encoder)
 
 
 def _encode_chunk(data: bytes) -> np.ndarray:
@@ -717,7 +749,86 @@ def _pool(workers: int, encoder: _ChunkEncoder):
     # fork hands the warm encoder (tokenizer, merge table, compiled kernels) to
     # the workers without pickling; elsewhere spawn rebuilds it per worker.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(encoder,))
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
+                               initargs=(encoder, os.getpid()))
+
+
+# Seconds a worker gets to exit after SIGTERM before it is killed.
+_STOP_SECONDS = 2.0
+
+
+def _stop_pool(pool) -> None:
+    """End the workers now: the pool's own shutdown would wait for the chunks in flight."""
+    # No public way to reach the processes before Python 3.14's terminate_workers.
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    results = getattr(pool, "_result_queue", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + _STOP_SECONDS
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    # A worker killed while sending its ids leaves half a message in the
+    # result pipe: the pool's manager thread then waits in recv for the rest,
+    # and the interpreter, at exit, for that thread. With the workers gone,
+    # the write end held here is the last one: closing it ends the wait (EOF,
+    # which the pool handles as a broken pool).
+    writer = getattr(results, "_writer", None)
+    if writer is not None:
+        writer.close()
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises :class:`Terminated` in the main thread while the block runs.
+
+    Python's default for SIGTERM is to die at once, which skips the cleanup
+    (temporary file, workers). Signal handlers can only be set from the main
+    thread; elsewhere, and where a handler not set from Python is in place,
+    nothing changes.
+    """
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+    prev = signal.getsignal(signal.SIGTERM)
+    if prev is None:
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise Terminated("SIGTERM")
+
+    signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, prev)
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ignore SIGINT and SIGTERM for the block (main thread only).
+
+    Cleanup after an interrupt runs here: a second Ctrl-C would otherwise
+    raise in the middle of it and leave the temporary file or the workers
+    behind, and the run is ending anyway.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    for name in ("SIGINT", "SIGTERM"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not None:
+            saved[sig] = signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 # ---------------------------------------------------------------------------
@@ -742,13 +853,32 @@ def _npy_header(dtype: np.dtype, count: int, size: int | None = None) -> bytes:
     return _NPY_MAGIC + body.to_bytes(2, "little") + text.encode("latin1")
 
 
+def _umask() -> int:
+    try:  # read without setting it: os.umask changes it for every thread
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 class _NpyWriter:
     """Append ids to a 1-D ``.npy`` under a temporary name; ``commit`` renames it."""
 
     def __init__(self, out: Path, dtype: np.dtype) -> None:
         self.out = out
         self.dtype = dtype
-        fd, self.tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+        except PermissionError as e:
+            raise PermissionError(
+                e.errno, f"cannot create a file in {str(out.parent)!r}, the directory of --out: "
+                "give --out in a directory you can write to"
+            ) from None
         self.f = os.fdopen(fd, "wb")
         self.header = _npy_header(dtype, 0)
         self.f.write(self.header)
@@ -762,10 +892,16 @@ class _NpyWriter:
         self.f.seek(0)
         self.f.write(_npy_header(self.dtype, self.count, len(self.header)))
         self.f.close()
+        # mkstemp makes the file private (0600); the array gets the mode of
+        # any other file the user creates
+        os.chmod(self.tmp, 0o666 & ~_umask())
         os.replace(self.tmp, self.out)
 
     def abort(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError:
+            pass  # a full disk fails the last flush; the file goes anyway
         try:
             os.unlink(self.tmp)
         except FileNotFoundError:
@@ -792,7 +928,15 @@ def encode_files(
     the other; no pre-token spans two files), special tokens included. The
     array is uint16 when the vocab fits, else uint32. ``workers`` processes
     (default: all cores) encode chunks of about ``chunk_size`` bytes; the
-    result does not depend on either.
+    result does not depend on either. The file gets the umask's mode.
+
+    ``out`` must not be one of the inputs, and its directory must be
+    writable: both are checked before any work. On any failure, and on
+    Ctrl-C or SIGTERM, the workers are stopped, no file is left behind and
+    the exception propagates: ``KeyboardInterrupt`` for Ctrl-C, and for
+    SIGTERM :class:`Terminated`, a subclass of it (while this function runs
+    in the main thread, SIGTERM raises instead of killing the process; the
+    previous handler is back when it returns).
 
     >>> tok = Tokenizer.load("tokenizer/")  # doctest: +SKIP
     >>> encode_files("TinyStories-valid.txt", tok, "valid.npy").tokens  # doctest: +SKIP
@@ -816,50 +960,77 @@ def encode_files(
         raise IsADirectoryError(f"--out {str(out)!r} is a directory: give a file name such as tokens.npy")
     if not out.parent.is_dir():
         raise FileNotFoundError(f"the directory of --out {str(out)!r} does not exist: create it first")
+    for p in paths:
+        if _same_file(out, p):
+            other = p.with_suffix(".npy") if p.suffix != ".npy" else p.with_name(p.stem + ".tokens.npy")
+            raise ValueError(f"--out {str(out)!r} is the input {str(p)!r}: the tokens would replace the text; "
+                             f"give --out a new file name, such as {str(other)!r}")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot create a file in {str(out.parent)!r}, the directory of --out: "
+                              "give --out in a directory you can write to")
 
     from ._api import _bar, _want_progress  # the trainer's progress bar, same look
 
     dtype = token_dtype(tokenizer.vocab_size)
     total = input_size(paths)
     specials = tuple(s.encode("utf-8") for s in tokenizer.special_tokens)
-    bar = _bar(_want_progress(progress), total=total, unit="B", unit_scale=True, desc="encode")
     t0 = time.perf_counter()
-    writer = _NpyWriter(out, dtype)
     nbytes = 0
-    try:
-        chunks = iter_chunks(paths, None, specials, chunk_size, pattern=tokenizer.pattern)
-        encoder = _ChunkEncoder(tokenizer, dtype).warm()
-        if nworkers == 1 or total < config.MIN_PARALLEL_BYTES:
-            _init_worker(encoder)
-            results = ((len(c), _encode_chunk(c)) for c in chunks)
-            for n, ids in results:
-                writer.write(ids)
-                nbytes += n
-                if bar is not None:
-                    bar.update(n)
-        else:
-            with _pool(nworkers, encoder) as pool:
-                pending: list = []
-
-                def drain_one():
-                    nonlocal nbytes
-                    n, fut = pending.pop(0)
-                    writer.write(fut.result())
+    bar = None
+    with _sigterm_raises():
+        writer = _NpyWriter(out, dtype)  # an unwritable directory fails here, before any work
+        try:
+            bar = _bar(_want_progress(progress), total=total, unit="B", unit_scale=True, desc="encode")
+            chunks = iter_chunks(paths, None, specials, chunk_size, pattern=tokenizer.pattern)
+            encoder = _ChunkEncoder(tokenizer, dtype).warm()
+            # a stream (total None) may be long: workers
+            if nworkers == 1 or (total is not None and total < config.MIN_PARALLEL_BYTES):
+                _init_worker(encoder)
+                results = ((len(c), _encode_chunk(c)) for c in chunks)
+                for n, ids in results:
+                    writer.write(ids)
                     nbytes += n
                     if bar is not None:
                         bar.update(n)
+            else:
+                pool = _pool(nworkers, encoder)
+                try:
+                    pending: list = []
 
-                for c in chunks:
-                    pending.append((len(c), pool.submit(_encode_chunk, c)))
-                    if len(pending) >= 2 * nworkers:  # bounded read-ahead
+                    def drain_one():
+                        nonlocal nbytes
+                        n, fut = pending.pop(0)
+                        writer.write(fut.result())
+                        nbytes += n
+                        if bar is not None:
+                            bar.update(n)
+
+                    for c in chunks:
+                        pending.append((len(c), pool.submit(_encode_chunk, c)))
+                        if len(pending) >= 2 * nworkers:  # bounded read-ahead
+                            drain_one()
+                    while pending:
                         drain_one()
-                while pending:
-                    drain_one()
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        if bar is not None:
-            bar.close()
+                except BaseException:
+                    with _signals_held():
+                        _stop_pool(pool)
+                    raise
+                pool.shutdown()
+            writer.commit()
+        except BaseException:
+            with _signals_held():
+                writer.abort()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
     return EncodeStats(out, nbytes, writer.count, dtype.name, time.perf_counter() - t0)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -239,28 +239,40 @@ def _ascii_not_space() -> bytes:
     return bytes(int(stage2[b] != _unicode.SPACE) for b in range(128))
 
 
+def _line_cut_pattern(pattern: str) -> bool:
+    """Patterns that never join a newline to a following letter (cl100k, o200k)."""
+    return pattern == CL100K_PATTERN or pattern == O200K_PATTERN
+
+
 def safe_cut(data: bytes, specials: tuple[bytes, ...] = (), lo: int = 1, *, pattern: str = GPT2_PATTERN) -> int:
     """The largest ``p`` in ``[lo, len(data))`` where ``data`` may be cut, or -1.
 
     Cutting at ``p`` means ``data[:p]`` and ``data[p:]`` are pre-tokenized and
     counted separately; the counts add up to those of ``data`` whatever follows
     it, because ``p`` is kept at least ``len(longest special) - 1`` bytes from
-    the end (an occurrence not yet complete cannot span it).
+    the end (an occurrence not yet complete cannot span it), and never falls
+    inside an occurrence of a special token.
 
     GPT-2 pattern (resynchronisation rule): between a character that is not
     whitespace and a whitespace character there is always a pre-token boundary
     (no alternative matches non-space followed by space), and the pattern looks
     ahead only across whitespace, so the two sides pre-tokenize independently.
     We cut only where the space is ASCII (`` `` or ``\\n``) and the byte
-    before it is ASCII and not ``\\s``, so no UTF-8 sequence is split, and never
-    inside an occurrence of a special token.
+    before it is ASCII and not ``\\s``, so no UTF-8 sequence is split.
 
-    Any other pattern: there is no such rule in general (cl100k's
-    ``[^\\r\\n\\p{L}\\p{N}]?+\\p{L}+`` joins a space to the next word,
-    ``\\s*[\\r\\n]`` and ``\\s++$`` look across whole whitespace runs, and a
-    user regex may look anywhere), so we cut only right after a special token:
-    the pieces on either side are pre-tokenized separately anyway. A file with
-    no special tokens is then one chunk.
+    cl100k and o200k: right after a ``\\n`` that is followed by an ASCII letter.
+    No alternative of either pattern holds a newline followed by a letter (the
+    optional prefix of the letter runs excludes ``\\r\\n``; the whitespace and
+    punctuation runs stop before a letter), so no pre-token spans the cut. On
+    the left, the whitespace run that ends in that newline is one pre-token
+    either way: with the letter after it, ``\\s*[\\r\\n]`` (``\\s*[\\r\\n]+``)
+    takes the whole run; at the end of the piece, cl100k's ``\\s++$`` takes the
+    same run first. Nothing else looks past the cut.
+
+    Any other pattern: there is no such rule in general (a user regex may look
+    anywhere), so we cut only right after a special token: the pieces on
+    either side are pre-tokenized separately anyway. A file with no special
+    tokens is then one chunk.
     """
     n = len(data)
     tail = max((len(s) for s in specials), default=1) - 1
@@ -268,6 +280,8 @@ def safe_cut(data: bytes, specials: tuple[bytes, ...] = (), lo: int = 1, *, patt
     lo = max(lo, 1)
     if hi <= lo:
         return -1
+    if _line_cut_pattern(pattern):
+        return _line_cut(data, specials, lo, hi)
     if not _is_gpt2(pattern):
         return _special_cut(data, specials, lo, hi)[0]
     not_space = _ascii_not_space()
@@ -285,6 +299,21 @@ def safe_cut(data: bytes, specials: tuple[bytes, ...] = (), lo: int = 1, *, patt
             ps = data.rfind(b" ", lo, p)
         else:
             pn = data.rfind(b"\n", lo, p)
+
+
+def _line_cut(data: bytes, specials: tuple[bytes, ...], lo: int, hi: int) -> int:
+    """The largest ``p`` in ``[lo, hi)`` with ``data[p-1] == '\\n'``, ``data[p]`` an
+    ASCII letter, outside special tokens; else the special-token cut, or -1."""
+    end = hi - 1  # the newline is at q with p = q + 1 in [lo, hi)
+    while end > lo - 1:
+        q = data.rfind(b"\n", lo - 1, end)
+        if q < 0:
+            break
+        c = data[q + 1]
+        if (0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) and not _spans_special(data, q + 1, specials):
+            return q + 1
+        end = q
+    return _special_cut(data, specials, lo, hi)[0]
 
 
 def _spans_special(data: bytes, p: int, specials: tuple[bytes, ...]) -> bool:
@@ -330,49 +359,83 @@ def cut_stream(
     pattern: str = GPT2_PATTERN,
 ) -> Iterator[bytes]:
     """Re-cut a stream of byte blocks into chunks of about ``chunk_size``, at safe cuts
-    (:func:`safe_cut`, which depends on ``pattern``)."""
-    if not _is_gpt2(pattern):
+    (:func:`safe_cut`, which depends on ``pattern``).
+
+    Linear in the stream's length whatever the block size, chunk size or text:
+    blocks are joined only when a cut is looked for, each byte is searched for
+    a cut about once (a failed search resumes where it stopped), and while no
+    cut is found the chunk grows geometrically, so a long stretch without one
+    (a file without special tokens on a special-only pattern, megabytes of
+    one letter) is copied O(1) times per byte, not once per block.
+    """
+    if not _is_gpt2(pattern) and not _line_cut_pattern(pattern):
         yield from _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes)
         return
+    tail = max((len(s) for s in specials), default=1) - 1
     carry = b""
+    pending: list[bytes] = []
+    size = 0
+    need = chunk_size  # join and look for a cut once this many bytes wait
+    searched = 0  # carry[:searched] holds no cut (its last `tail` bytes excepted)
     for block in blocks:
         if on_bytes is not None:
             on_bytes(len(block))
-        carry = carry + block if carry else block
+        pending.append(block)
+        size += len(block)
+        if len(carry) + size < need:
+            continue
+        carry = b"".join([carry, *pending]) if carry else b"".join(pending)
+        pending, size = [], 0
         while len(carry) >= chunk_size:
-            # look for a cut in the last few chunk sizes only: text has spaces
-            p = safe_cut(carry, specials, lo=max(1, len(carry) - 4 * chunk_size))
+            lo = max(1, searched - tail - 1, len(carry) - 4 * chunk_size - tail)
+            p = safe_cut(carry, specials, lo=lo, pattern=pattern)
             if p <= 0:
-                break  # no safe cut yet: read on (this chunk grows past chunk_size)
+                searched = len(carry)
+                need = 2 * len(carry)  # no safe cut yet: read on, this chunk grows past chunk_size
+                break
             yield carry[:p]
             carry = carry[p:]
+            searched, need = 0, chunk_size
+    if pending:
+        carry = b"".join([carry, *pending])
     if carry:
         yield carry
 
 
 def _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes) -> Iterator[bytes]:
-    """:func:`cut_stream` for patterns other than GPT-2: cut only after special tokens.
+    """:func:`cut_stream` for patterns cut only after special tokens.
 
     ``fresh`` is where the special-token scan resumes: every byte is scanned
-    about once, however long the stream goes without a special token.
+    about once, however long the stream goes without a special token, and
+    blocks are joined only when a scan is due (never, without special tokens:
+    the whole stream is one chunk, joined once).
     """
     tail = max((len(s) for s in specials), default=1) - 1
     carry = b""
+    pending: list[bytes] = []
+    size = 0
+    need = chunk_size
     fresh = 0
     for block in blocks:
         if on_bytes is not None:
             on_bytes(len(block))
-        carry = carry + block if carry else block
-        if len(carry) < chunk_size or not specials:
+        pending.append(block)
+        size += len(block)
+        if not specials or len(carry) + size < need:
             continue
+        carry = b"".join([carry, *pending]) if carry else b"".join(pending)
+        pending, size = [], 0
         hi = len(carry) - tail
         p, resume = _special_cut(carry, specials, 1, hi, fresh)
         if p > 0:
             yield carry[:p]
             carry = carry[p:]
-            fresh = 0
+            fresh, need = 0, chunk_size
         else:
             fresh = resume
+            need = 2 * len(carry)
+    if pending:
+        carry = b"".join([carry, *pending])
     if carry:
         yield carry
 
@@ -394,14 +457,9 @@ def iter_chunks(
     """
 
     if paths is not None:
+        block_size = min(chunk_size, config.READ_BLOCK)
         for path in paths:
-
-            def read(path=path):
-                with open(path, "rb") as f:
-                    while block := f.read(chunk_size):
-                        yield block
-
-            yield from cut_stream(read(), specials, chunk_size, on_bytes, pattern=pattern)
+            yield from cut_stream(_read_blocks(path, block_size), specials, chunk_size, on_bytes, pattern=pattern)
     else:
 
         def encode():
@@ -420,6 +478,25 @@ def iter_chunks(
                 yield b"".join(pending)
 
         yield from cut_stream(encode(), specials, chunk_size, on_bytes, pattern=pattern)
+
+
+STDIN = "-"
+
+
+def _read_blocks(path, block_size: int) -> Iterator[bytes]:
+    """The bytes of ``path`` (``-``: standard input, a pipe works too) in blocks;
+    a UTF-16 or UTF-32 byte-order mark at the start is refused."""
+    f = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")
+    try:
+        first = True
+        while block := f.read(block_size):
+            if first:
+                first = False
+                _validate.no_utf16(block[:4], path)
+            yield block
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
 
 
 # ---------------------------------------------------------------------------
@@ -544,7 +621,15 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
     # fork starts in milliseconds; spawn re-imports everything per worker.
     ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C goes to the whole process group: the parent handles it (and
+    # shuts the pool down); a worker that raised too would print a traceback.
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _count_regex(chunks: Iterator[bytes], specials: tuple[bytes, ...], workers: int, pattern: str) -> dict[bytes, int]:
@@ -680,4 +765,12 @@ def count_pretokens(
 
 
 def input_size(paths: Sequence[Path] | None) -> int | None:
-    return None if paths is None else sum(os.path.getsize(p) for p in paths)
+    """Total bytes of the inputs, or None where one is a stream (stdin, a pipe)."""
+    if paths is None:
+        return None
+    total = 0
+    for p in paths:
+        if str(p) == STDIN or not Path(p).is_file():
+            return None
+        total += os.path.getsize(p)
+    return total

@@ -359,14 +359,47 @@ def test_tiktoken_patterns_are_tiktokens():
         assert part in src or part.startswith("'")
 
 
-def test_other_patterns_cut_only_after_specials():
+def test_user_patterns_cut_only_after_specials():
     sp = P.encode_specials([EOT])
+    user = r"\p{L}+|\p{N}+|\s+|[^\s\p{L}\p{N}]+"
     data = b"one two  \n" * 100 + EOT.encode() + b"three  four\n" * 100 + EOT.encode() + b"five"
-    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], sp, 100, pattern=P.CL100K_PATTERN))
+    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], sp, 100, pattern=user))
     assert b"".join(chunks) == data
-    assert all(c.endswith(EOT.encode()) for c in chunks[:-1]) and len(chunks) == 3
+    assert all(c.endswith(EOT.encode()) for c in chunks[:-1]) and 2 <= len(chunks) <= 3
     # no special token: one chunk, whatever its size
-    assert len(list(P.cut_stream([b"a b " * 100] * 5, (), 10, pattern=P.CL100K_PATTERN))) == 1
+    assert len(list(P.cut_stream([b"a b " * 100] * 5, (), 10, pattern=user))) == 1
+
+
+@pytest.mark.parametrize("name", ["cl100k", "o200k"])
+def test_tiktoken_patterns_stream_without_specials(name):
+    # cut after a newline that a letter follows: many chunks, same counts
+    pattern = P.resolve_pattern(name)
+    data = (b"one two  \n" * 100 + b"Three  four\r\n" * 100 + b"x \n\n  y") * 3
+    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], (), 100, pattern=pattern))
+    assert b"".join(chunks) == data and len(chunks) > 20
+    assert all(c.endswith(b"\n") and len(c) < 400 for c in chunks[:-1])
+    got = gpubpe.count_pretokens(data, chunk_size=100, pattern=name, workers=2)
+    assert got == _oracle(data, pattern)
+
+
+_LINE_ALPHABET = st.sampled_from(list("aZ\n\n\r \t1'.,-/é\u00a0\u2028\u3000") + ["'s", "'LL", "\r\n", " \n"])
+
+
+@settings(max_examples=max_examples(300), deadline=None)
+@given(st.lists(_LINE_ALPHABET, max_size=40).map("".join), st.sampled_from(["cl100k", "o200k"]))
+def test_line_cut_is_safe_for_tiktoken_patterns(text, name):
+    # every position the line rule may cut at splits the pre-tokens exactly
+    pattern = P.resolve_pattern(name)
+    data = text.encode()
+    whole = regex.findall(pattern, text)
+    for p in range(1, len(data)):
+        if P.safe_cut(data[: p + 1], (), lo=p, pattern=pattern) == p:
+            left = regex.findall(pattern, data[:p].decode())
+            right = regex.findall(pattern, data[p:].decode())
+            assert left + right == whole, (data, p)
+
+
+def test_other_patterns_see_piece_ends():
     # `$` in cl100k sees the end of a piece: cutting inside one would change the result
     text = b"x  " + EOT.encode() + b"y  \n  z"
     got = gpubpe.count_pretokens(text, special_tokens=[EOT], chunk_size=1, pattern="cl100k")
