@@ -1,10 +1,36 @@
 import os
+import random
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from gpubpe import backends, config
+
+# Hypothesis profiles. 'ci' (what .ci/run selects) is derandomized: the same
+# examples every run, so CI cannot pass or fail by luck. 'random' (the default
+# for local runs) draws new examples each session from a seed printed in the
+# header: rerun a failure with --hypothesis-seed=N.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("random", print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = os.environ.get("GPUBPE_HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "random")
+settings.load_profile(PROFILE)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config):
+    # Before hypothesis' own plugin reads the option: a random profile gets an
+    # explicit seed, so that it can be printed and a failure replayed.
+    if PROFILE == "random" and config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(random.randrange(2**32))
+
+
+def pytest_report_header(config):
+    seed = config.getoption("hypothesis_seed", None)
+    extra = f", seed {seed} (rerun with --hypothesis-seed={seed})" if PROFILE == "random" else ", derandomized"
+    return f"hypothesis profile {PROFILE!r}{extra}"
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -215,7 +215,8 @@ def put_tokens(env, toks, cap_extra=64):
        geo=st.sampled_from([(1, 1), (1, 32), (4, 32), (3, 256)]))
 def test_argmax(env, seed, npairs, bits, geo):
     rng = random.Random(seed)
-    ntok = 256 + 8
+    m = 7  # the merge being made: it creates token 256 + 7, so pairs use only the ids before it
+    ntok = 256 + m
     toks = token_bytes_state(rng, ntok)
     table = {}
     for _ in range(npairs):
@@ -226,8 +227,7 @@ def test_argmax(env, seed, npairs, bits, geo):
     slots = rng.sample(range(1 << bits), len(table))
     for s, (key, c) in zip(slots, table.items()):
         keys[s], cnt[s] = key, c
-    tb, toff, tlen, used, cap = put_tokens(env, toks)
-    m = 7  # the merge being made: its token is 256 + 7 (its bytes slot is free)
+    tb, toff, tlen, used, cap = put_tokens(env, toks)  # token 256 + m's slot is free
     nparts = geo[0]
     part = env.put(np.full(nparts, -1, np.int64))
     merges = env.put(np.full(2 * (m + 1), -1, np.int32))
