@@ -7,15 +7,18 @@ The public API is the names below; everything else is internal.
 >>> model.save("tok/")  # doctest: +SKIP
 """
 
-from ._api import train, train_bpe
-from .model import BPEModel, load
+from ._api import LongTokenWarning, TrainingStoppedEarly, train, train_bpe
+from .model import BPEModel, UnicodeTableWarning, load
 from .pretokenize import GPT2_PATTERN, count_pretokens, pretokenize
 from .tokenizer import Tokenizer
 
 __all__ = [
     "BPEModel",
     "GPT2_PATTERN",
+    "LongTokenWarning",
     "Tokenizer",
+    "TrainingStoppedEarly",
+    "UnicodeTableWarning",
     "count_pretokens",
     "load",
     "pretokenize",

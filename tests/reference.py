@@ -21,13 +21,16 @@ def reference_pretokens(data: bytes, special_tokens=()) -> list[bytes]:
     return [m.encode("utf-8", "surrogateescape") for p in pieces for m in regex.findall(GPT2, p)]
 
 
-def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int) -> list[tuple[bytes, bytes]]:
+def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int, max_len: int = 0) -> list[tuple[bytes, bytes]]:
+    """``max_len``: when set, a pair whose merged token is longer is never a candidate."""
     words = {tuple(bytes([b]) for b in w): c for w, c in word_counts.items() if c > 0}
     merges = []
     for _ in range(num_merges):
         pairs: Counter = Counter()
         for w, c in words.items():
             for i in range(len(w) - 1):  # every adjacent position, overlaps too
+                if max_len and len(w[i]) + len(w[i + 1]) > max_len:
+                    continue
                 pairs[(w[i], w[i + 1])] += c
         if not pairs:
             break
