@@ -574,12 +574,10 @@ def _count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: 
     alive at once.
     """
     stage1, stage2 = _numba_tables()
-    if workers == 1:
-        table = _Table()
-        for c in chunks:
-            table.add_chunk(c, specials, stage1, stage2)
-        return table
-
+    # One worker runs in a thread too: compiled code called from the main
+    # thread would hold Ctrl-C until it returns (and then fail in Numba's
+    # dispatcher); here the main thread only feeds the queue and stays
+    # interruptible.
     tables = [_Table() for _ in range(workers)]
     todo: queue.Queue = queue.Queue(maxsize=workers)
     errors: list[BaseException] = []

@@ -4,6 +4,13 @@ each file, whatever the workers, chunk size, cache size and engine."""
 from __future__ import annotations
 
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -150,3 +157,242 @@ def test_other_pattern_cuts_safely(tmp_path):
     out = tmp_path / "t.npy"
     E.encode_files(src, tok, out, workers=1, chunk_size=64, progress=False)
     np.testing.assert_array_equal(np.load(out), tok.encode_bytes(src.read_bytes()))
+
+
+# ---------------------------------------------------------------------------
+# Long pre-tokens
+# ---------------------------------------------------------------------------
+
+LETTERS = bytes(c for c in (FIXTURES / "corpus.en").read_bytes() if c < 128 and chr(c).isalpha())
+
+
+def test_long_pretoken_exact_and_memory_bounded(tok, tmp_path):
+    """2 MB of letters is one pre-token: same ids as Tokenizer.encode, in
+    memory proportional to its length (the tokenizer's heap path takes about
+    200 bytes per byte, in Python objects)."""
+    if not E._fast_available(tok):
+        pytest.skip("the Numba pre-tokenizer is not available")
+    n = 2_000_000
+    data = (LETTERS * (n // len(LETTERS) + 1))[:n]
+    src = tmp_path / "letters.txt"
+    src.write_bytes(data)
+    warm = tmp_path / "warm.txt"  # compile the kernels outside the measurement
+    warm.write_bytes(data[:100_000])
+    E.encode_files(warm, tok, tmp_path / "warm.npy", workers=1, progress=False)
+
+    out = tmp_path / "t.npy"
+    tracemalloc.start()
+    try:
+        E.encode_files(src, tok, out, workers=1, progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 30 * n + (8 << 20), f"{peak / n:.1f} bytes per input byte"
+    np.testing.assert_array_equal(np.load(out), tok.encode_bytes(data))
+
+
+def _random_merges_tokenizer(seed: int) -> Tokenizer:
+    """Merges in random order, many making the same bytes: a merge can create a
+    pair that ranks before it (the heap loop must not assume otherwise)."""
+    words = [""]
+    strings = []
+    for _ in range(4):
+        words = [w + c for w in words for c in "abc"]
+        strings += words
+    vocab = {i: bytes([i]) for i in range(256)}
+    for s in strings:
+        if len(s) > 1:
+            vocab[len(vocab)] = s.encode()
+    merges = [(s[:k].encode(), s[k:].encode()) for s in strings if len(s) > 1 for k in range(1, len(s))]
+    random.Random(seed).shuffle(merges)
+    return Tokenizer(vocab, merges, [EOT])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_long_pretokens_with_any_merge_order(tmp_path, monkeypatch, seed):
+    tok = _random_merges_tokenizer(seed)
+    if not E._fast_available(tok):
+        pytest.skip("the Numba pre-tokenizer is not available")
+    monkeypatch.setattr(E, "_LONG_WORD", 40)
+    monkeypatch.setattr(E, "_UNCACHED_WORD", 3000)
+    rng = random.Random(seed)
+    long_word = "".join(rng.choice("abc") for _ in range(5000))
+    mid_word = "".join(rng.choice("abc") for _ in range(200))
+    parts = [" " + "".join(rng.choice("abc") for _ in range(rng.randint(1, 60))) for _ in range(300)]
+    parts += [" " + mid_word] * 5 + [" " + long_word] * 3 + [EOT, long_word[:3000], EOT, "c" * 4000]
+    rng.shuffle(parts)
+    src = tmp_path / "c.txt"
+    src.write_text("".join(parts))
+    out = tmp_path / "t.npy"
+    E.encode_files(src, tok, out, workers=1, chunk_size=4096, progress=False)
+    np.testing.assert_array_equal(np.load(out), tok.encode(src.read_text()))
+
+
+def test_long_pretokens_of_every_class(tok, tmp_path, monkeypatch):
+    """Runs of letters, digits, spaces, punctuation and CJK, cached (repeated) or not."""
+    if not E._fast_available(tok):
+        pytest.skip("the Numba pre-tokenizer is not available")
+    monkeypatch.setattr(E, "_UNCACHED_WORD", 2000)
+    runs = [LETTERS[:2500], b"1234567890" * 300, b" " * 2500, b"!?.,;" * 500, "日本語".encode() * 300,
+            LETTERS[:1000], LETTERS[5000:5300]]
+    data = b"x ".join(runs + runs[::-1]) + EOT.encode() + LETTERS[:3000]
+    src = tmp_path / "c.txt"
+    src.write_bytes(data)
+    out = tmp_path / "t.npy"
+    E.encode_files(src, tok, out, workers=1, progress=False)
+    np.testing.assert_array_equal(np.load(out), tok.encode_bytes(data))
+
+
+# ---------------------------------------------------------------------------
+# Interrupts, file mode, refused outputs
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or sys.platform == "win32", reason="needs POSIX signals and FIFOs")
+@pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
+def test_interrupt_stops_workers_and_removes_temp_file(tok, tmp_path, how):
+    """The second input is a FIFO that never ends, so the run is still going
+    when the signal comes, however fast the machine: the 30 MB before it keep
+    two workers busy first."""
+    psutil = pytest.importorskip("psutil")
+    d = tmp_path / "tok"
+    formats.export(tok, d, formats=["hf"])
+    corpus = tmp_path / "in" / "corpus.txt"
+    corpus.parent.mkdir()
+    text = (FIXTURES / "corpus.en").read_bytes()
+    corpus.write_bytes(text * (30_000_000 // len(text) + 1))
+    fifo = tmp_path / "in" / "more.txt"
+    os.mkfifo(fifo)
+    hold = os.open(fifo, os.O_RDWR)  # a writer that never writes: the reader never sees the end
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "gpubpe", "encode", str(corpus), str(fifo), "--tokenizer", str(d),
+           "--out", str(outdir / "t.npy"), "--workers", "2", "-q"]
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    children = []
+    header = len(E._npy_header(np.dtype(np.uint16), 0))
+    try:
+        parent = psutil.Process(proc.pid)
+        deadline = time.monotonic() + 120  # a cold Numba cache compiles first
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "the encoding never got going"
+            children = parent.children(recursive=True)
+            tmp = list(outdir.glob(".t.npy.*.tmp"))
+            if len(children) >= 2 and tmp and tmp[0].stat().st_size > header:  # ids written: mid-run
+                break
+            time.sleep(0.02)
+        for c in children:  # Ctrl-C is the parent's to handle, once
+            status = Path(f"/proc/{c.pid}/status")
+            if status.exists():
+                ignored = int(status.read_text().split("SigIgn:")[1].split()[0], 16)
+                assert ignored >> (signal.SIGINT - 1) & 1, "a worker does not ignore SIGINT"
+        t0 = time.monotonic()
+        if how == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
+        proc.wait(timeout=30)
+        elapsed = time.monotonic() - t0
+        stderr = proc.stderr.read().decode()
+        assert elapsed < 10, f"took {elapsed:.1f} s to exit"
+        assert proc.returncode != 0, stderr
+        assert os.listdir(outdir) == [], "temporary or partial output left behind"
+        time.sleep(0.2)
+        assert [c.pid for c in children if _alive(psutil, c)] == [], "workers outlived the run"
+    finally:
+        os.close(hold)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for c in children:
+            try:
+                c.kill()
+            except psutil.NoSuchProcess:
+                pass
+
+
+def _alive(psutil, proc) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_sigterm_in_process_raises_and_restores_handler(tok, corpus, tmp_path, monkeypatch):
+    if not hasattr(signal, "SIGTERM") or sys.platform == "win32":
+        pytest.skip("needs POSIX signals")
+
+    class NotOurs(Exception):
+        pass
+
+    def guard(signum, frame):  # were SIGTERM left at its default, it would end pytest
+        raise NotOurs
+
+    real_encode = E._ChunkEncoder.encode
+
+    def encode_then_sigterm(self, data):
+        ids = real_encode(self, data)
+        if data:  # not the warm-up's sample
+            os.kill(os.getpid(), signal.SIGTERM)
+        return ids
+
+    before = signal.signal(signal.SIGTERM, guard)
+    try:
+        monkeypatch.setattr(E._ChunkEncoder, "warm", lambda self: self)
+        monkeypatch.setattr(E._ChunkEncoder, "encode", encode_then_sigterm)
+        with pytest.raises(E.Terminated):
+            E.encode_files(corpus, tok, tmp_path / "t.npy", workers=1, chunk_size=1000, progress=False)
+        assert signal.getsignal(signal.SIGTERM) is guard
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert issubclass(E.Terminated, KeyboardInterrupt)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX modes")
+@pytest.mark.parametrize("umask,mode", [(0o027, 0o640), (0o002, 0o664)])
+def test_output_mode_follows_umask(tok, corpus, tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        E.encode_files(corpus, tok, tmp_path / "t.npy", workers=1, progress=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "t.npy").stat().st_mode & 0o777 == mode
+
+
+def test_out_equal_to_an_input_is_refused(tok, corpus, tmp_path):
+    a = tmp_path / "a.txt"
+    a.write_bytes(CORPUS_A)
+    same = [a, tmp_path / "sub" / ".." / "a.txt"]
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "link.txt").symlink_to(a)
+    os.link(a, tmp_path / "hard.txt")
+    same += [tmp_path / "link.txt", tmp_path / "hard.txt"]
+    for out in same:
+        with pytest.raises(ValueError, match="new file name"):
+            E.encode_files([corpus[1], a], tok, out, workers=1, progress=False)
+    assert a.read_bytes() == CORPUS_A
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "hard.txt", "link.txt", "sub"]
+
+
+def test_unwritable_out_dir_is_refused_before_any_work(tok, corpus, tmp_path, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("encoding started")
+
+    monkeypatch.setattr(E, "_ChunkEncoder", no_work)
+    real_access = os.access
+    monkeypatch.setattr(E.os, "access", lambda p, m, **kw: False if Path(p) == tmp_path else real_access(p, m, **kw))
+    with pytest.raises(PermissionError, match="directory you can write to"):
+        E.encode_files(corpus, tok, tmp_path / "t.npy", progress=False)
+    monkeypatch.setattr(E.os, "access", real_access)
+
+    def mkstemp(*args, **kwargs):  # what root sees on a read-only file system, say
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(E.tempfile, "mkstemp", mkstemp)
+    with pytest.raises(PermissionError, match="directory you can write to"):
+        E.encode_files(corpus, tok, tmp_path / "t.npy", progress=False)
+    assert os.listdir(tmp_path) == []
