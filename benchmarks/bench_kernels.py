@@ -128,9 +128,9 @@ def merge_loop_numba(table, merges):
     from gpubpe.backends.cpu import merge_loop
 
     tiny = WordTable.from_counts({b"abcab": 2, b"bca": 1})
-    merge_loop(tiny.symbols, tiny.offsets, tiny.counts, 3, np.zeros(1, np.int64))  # compile
+    merge_loop(tiny.symbols, tiny.offsets, tiny.counts, 3, np.zeros(2, np.int64), 0)  # compile
     t = time.perf_counter()
-    m, ntok = merge_loop(table.symbols, table.offsets, table.counts, merges, np.zeros(1, np.int64))
+    m, ntok = merge_loop(table.symbols, table.offsets, table.counts, merges, np.zeros(2, np.int64), 0)
     return time.perf_counter() - t, m, ntok
 
 

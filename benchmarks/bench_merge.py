@@ -21,7 +21,9 @@ import numpy as np
 
 
 def load_table(corpus: Path, special: str, cache_dir: Path):
-    from gpubpe.pretokenize import count_table, encode_specials, iter_chunks
+    from gpubpe.corpus import iter_chunks, special_bytes
+    from gpubpe.patterns import GPT2_PATTERN
+    from gpubpe.pretok import count_table
     from gpubpe.wordtable import WordTable
 
     h = hashlib.sha256(corpus.read_bytes()).hexdigest()[:16]
@@ -29,8 +31,8 @@ def load_table(corpus: Path, special: str, cache_dir: Path):
     if cache.exists():
         d = np.load(cache)
         return WordTable(d["symbols"], d["offsets"], d["counts"]), h
-    specials = encode_specials([special] if special else [])
-    table = count_table(iter_chunks([corpus], None, specials, 4 << 20), specials, workers=2)
+    specials = special_bytes([special] if special else [])
+    table = count_table(iter_chunks([corpus], None, specials, 4 << 20), specials, workers=2, pattern=GPT2_PATTERN)
     cache_dir.mkdir(parents=True, exist_ok=True)
     np.savez(cache, symbols=table.symbols, offsets=table.offsets, counts=table.counts)
     return table, h
@@ -48,9 +50,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from gpubpe.backends.cpu import merge_loop
-    from gpubpe.backends.cpu_small import merge_loop_small
+    from gpubpe.backends.cpu_python import merge_loop_python
 
-    engines = {"numba": merge_loop, "python": merge_loop_small}
+    engines = {"numba": merge_loop, "python": merge_loop_python}
     wt, h = load_table(args.corpus, args.special_token, args.cache_dir)
     n = args.vocab_size - 256 - (1 if args.special_token else 0)
     n_words, n_symbols = wt.num_words, wt.symbols.shape[0]
@@ -60,11 +62,11 @@ def main(argv=None) -> int:
     rows = []
     for name in args.engines.split(","):
         fn = engines[name]
-        fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(1, np.int64))  # warm-up / compile
+        fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(2, np.int64), 0)  # warm-up / compile
         walls, cpus = [], []
         for _ in range(args.repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            merges, _ = fn(wt.symbols, wt.offsets, wt.counts, n, np.zeros(1, np.int64))
+            merges, _ = fn(wt.symbols, wt.offsets, wt.counts, n, np.zeros(2, np.int64), 0)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         results[name] = merges

@@ -47,7 +47,6 @@ def _digest(items) -> str:
 
 
 def child(method: str, corpus: str, workers: int, check: bool) -> dict:
-    import importlib
 
     out: dict = {}
     if method == "regex":
@@ -70,11 +69,13 @@ def child(method: str, corpus: str, workers: int, check: bool) -> dict:
     else:
         import gpubpe
 
-        P = importlib.import_module("gpubpe.pretokenize")
+        from gpubpe.corpus import special_bytes
+        from gpubpe.pretok.tables import count_numba
+
         t = time.perf_counter()
-        P._count_numba(iter([b"load the compiled code"]), (), 1)
+        count_numba(iter([b"load the compiled code"]), (), 1)
         out["load_s"] = time.perf_counter() - t
-        specials = P.encode_specials([C.SPECIAL])
+        specials = special_bytes([C.SPECIAL])
         c0, t0 = time.process_time(), time.perf_counter()
         if method == "count_pretokens":
             counts = gpubpe.count_pretokens(Path(corpus), special_tokens=[C.SPECIAL], workers=workers)
@@ -84,9 +85,12 @@ def child(method: str, corpus: str, workers: int, check: bool) -> dict:
                 out["digest"] = _digest(counts.items())
         else:
             from gpubpe import config
+            from gpubpe.corpus import iter_chunks
+            from gpubpe.patterns import GPT2_PATTERN
+            from gpubpe.pretok import count_table
 
-            chunks = P.iter_chunks([Path(corpus)], None, specials, config.CHUNK_SIZE)
-            table = P.count_table(chunks, specials, workers=workers)
+            chunks = iter_chunks([Path(corpus)], None, specials, config.CHUNK_SIZE)
+            table = count_table(chunks, specials, workers=workers, pattern=GPT2_PATTERN)
             t1, c1 = time.perf_counter(), time.process_time()
             out.update(unique=table.num_words, pretokens=int(table.counts.sum()))
             if check:

@@ -112,7 +112,7 @@ def iter_documents(path: str, special: str = C.SPECIAL, block: int = 1 << 22):
 
 def _train_gpubpe(path, vocab, threads, name):
     from gpubpe import config
-    from gpubpe._api import train_with_stats
+    from gpubpe.trainer import train_with_stats
 
     backend = name
     if name in ("cpu-numba", "cpu-python"):

@@ -7,9 +7,10 @@ The public API is the names below; everything else is internal.
 >>> model.save("tok/")  # doctest: +SKIP
 """
 
-from ._api import LongTokenWarning, TrainingStoppedEarly, train, train_bpe
+from .trainer import LongTokenWarning, TrainingStoppedEarly, train, train_bpe
 from .model import BPEModel, UnicodeTableWarning, load
-from .pretokenize import GPT2_PATTERN, count_pretokens, pretokenize
+from .patterns import GPT2_PATTERN
+from .pretok import count_pretokens, pretokenize
 from .tokenizer import Tokenizer
 
 __all__ = [

@@ -31,7 +31,7 @@ def _warn_line(message, category, filename, lineno, file=None, line=None) -> Non
 
 
 def cmd_train(args) -> int:
-    from ._api import train_with_stats
+    from .trainer import train_with_stats
 
     out = Path(args.out)
     _check_out_dir(out)
@@ -70,34 +70,31 @@ def save_all(model, out: Path) -> list[Path]:
     return export(model, out)
 
 
-def _load_tokenizer(path: str, special_tokens):
+def _load_model(path: str, special_tokens):
+    """The model in ``path`` (any format), checked by building its tokenizer."""
+    from .formats import load_any
     from .tokenizer import Tokenizer
 
     try:
-        return Tokenizer.load(path, special_tokens=special_tokens or None)
+        model = load_any(Path(path), special_tokens=special_tokens or None)
+        return model, Tokenizer.from_model(model)
     except (ValueError, TypeError, OSError) as e:
         raise _Fail(f"cannot load tokenizer {path!r}: {e}") from None
 
 
 def cmd_export(args) -> int:
-    from .formats import FORMATS, export, native_layout
+    from .formats import FORMATS, export
 
     out = Path(args.out)
     _check_out_dir(out)
-    tok = _load_tokenizer(args.source, args.special_token)
-    src = Path(args.source)
-    obj = tok
-    if (src / "model.json").exists() or src.name == "model.json":
-        from .model import load
-
-        obj = load(src)  # keeps duplicate ids, which the other formats cannot hold
+    model, _ = _load_model(args.source, args.special_token)  # model.json keeps duplicate ids
     formats = args.format or list(FORMATS)
-    if not args.format and not native_layout(obj):
+    if not args.format and not model.is_native():
         # e.g. GPT-2's own files (bytes not at ids 0..255): every format but model.json
         formats.remove("native")
         if not args.quiet:
             print("gpubpe: ids not in the trainer's layout: model.json skipped", file=sys.stderr)
-    written = export(obj, out, formats=formats)
+    written = export(model, out, formats=formats)
     if not args.quiet:
         print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
@@ -106,7 +103,7 @@ def cmd_export(args) -> int:
 def cmd_encode(args) -> int:
     from .encode import encode_files
 
-    tok = _load_tokenizer(args.tokenizer, args.special_token)
+    _, tok = _load_model(args.tokenizer, args.special_token)
     stats = encode_files(args.inputs, tok, args.out, workers=args.workers, progress=False if args.quiet else None)
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)

@@ -1,7 +1,7 @@
 """Tunables, in one place."""
 
 # Bytes per pre-tokenization chunk. Chunks are cut at special tokens or at a
-# safe boundary (see gpubpe.pretokenize), handed to workers (threads on the
+# safe boundary (see gpubpe.corpus), handed to workers (threads on the
 # GPT-2 path, processes on the regex path), and counted independently. Peak memory is about (2 * workers + 1) chunks plus
 # the unique words; 4 MiB keeps two cores busy on a 38 MB corpus.
 CHUNK_SIZE = 4 << 20
@@ -14,7 +14,7 @@ MIN_PARALLEL_BYTES = 8 << 20
 PROGRESS_INTERVAL = 0.1
 
 # WordTables with at most this many symbols are merged by the plain-Python
-# loop (backends/cpu_small.py): it needs no compilation, and below this size
+# loop (backends/cpu_python.py): it needs no compilation, and below this size
 # it finishes before Numba would have compiled the fast loop.
 SMALL_TABLE_SYMBOLS = 200_000
 
@@ -38,7 +38,7 @@ MAX_CHUNK_SIZE = 1 << 32
 READ_BLOCK = 64 << 20
 
 # Where derived data is cached between runs (the Unicode class table rebuilt
-# for the installed `regex`, see gpubpe/_unicode.py). GPUBPE_CACHE_DIR wins,
+# for the installed `regex`, see gpubpe/pretok/unicode.py). GPUBPE_CACHE_DIR wins,
 # then $XDG_CACHE_HOME/gpubpe, then ~/.cache/gpubpe. An unwritable cache is
 # not an error: the table is then rebuilt in memory (a fraction of a second).
 import os as _os

@@ -1,7 +1,7 @@
 """Encode whole corpora to a token array (``gpubpe encode``).
 
 The corpus is read in chunks cut where pre-tokenization cannot change (the
-same cuts training uses, :func:`gpubpe.pretokenize.iter_chunks`), the chunks
+same cuts training uses, :func:`gpubpe.corpus.iter_chunks`), the chunks
 are encoded in worker processes, each with its own cache from unique
 pre-token to ids (text is Zipfian: after the first few MB nearly every
 pre-token is a cache hit, so the merge loop runs once per distinct word, not
@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from . import _validate, config
-from .pretokenize import input_size, iter_chunks
+from .corpus import input_size, iter_chunks
 from .tokenizer import Tokenizer
 
 
@@ -149,10 +149,11 @@ class _ChunkEncoder:
         self.dtype = dtype
         self.fast = _fast_available(tok)
         if self.fast:
-            from ._pretok_numba import token_spans
-            from .pretokenize import _numba_tables, _special_regex
+            from .corpus import special_regex as _special_regex
+            from .pretok import unicode
+            from .pretok.machine import token_spans
 
-            self._stage = _numba_tables()
+            self._stage = unicode.tables()
             self._token_spans = token_spans
             specials = tuple(s.encode("utf-8") for s in tok.special_tokens)
             self._special_re = _special_regex(specials) if specials else None
@@ -280,18 +281,9 @@ class _ChunkEncoder:
 
 
 def _fast_available(tok: Tokenizer) -> bool:
-    from .pretokenize import GPT2_PATTERN
+    from .patterns import GPT2_PATTERN
 
-    if tok.pattern != GPT2_PATTERN:
-        return False
-    # The Numba pre-tokenizer's span function and its tables; when absent,
-    # regex gives the same ids.
-    try:
-        from ._pretok_numba import token_spans  # noqa: F401
-        from .pretokenize import _numba_tables, _special_regex  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return tok.pattern == GPT2_PATTERN
 
 
 def _pair_table(tok: Tokenizer):
@@ -969,7 +961,7 @@ def encode_files(
         raise PermissionError(f"cannot create a file in {str(out.parent)!r}, the directory of --out: "
                               "give --out in a directory you can write to")
 
-    from ._api import _bar, _want_progress  # the trainer's progress bar, same look
+    from ._progress import bar as _bar, want_progress as _want_progress  # the trainer's look
 
     dtype = token_dtype(tokenizer.vocab_size)
     total = input_size(paths)

@@ -1,8 +1,9 @@
 """Exports and loaders: HF ``tokenizer.json``, GPT-2 ``vocab.json`` + ``merges.txt``,
 tiktoken ranks, and the native ``model.json`` (DESIGN §2).
 
-Every writer takes a :class:`~gpubpe.BPEModel` or a :class:`~gpubpe.Tokenizer`;
-every loader returns a :class:`~gpubpe.Tokenizer`.
+Every writer takes a :class:`~gpubpe.BPEModel` (or anything with a
+``to_model()``, such as a :class:`~gpubpe.Tokenizer`); every loader returns a
+:class:`~gpubpe.BPEModel`, which :meth:`gpubpe.Tokenizer.from_model` encodes with.
 
 Duplicate bytes. Two merges may create the same bytes (``(a, bc)`` and
 ``(ab, c)``). The native format keeps both ids. The other formats map bytes to
@@ -35,9 +36,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from ._files import atomic_write_bytes, check_set, write_set
-from .model import MODEL_FILE
-from .pretokenize import GPT2_PATTERN
-from .tokenizer import Tokenizer
+from .model import MODEL_FILE, BPEModel, assign_special_ids, load
+from .patterns import GPT2_PATTERN
 
 HF_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.json"
@@ -95,17 +95,18 @@ def unescape(s: str) -> bytes:
 # ---------------------------------------------------------------------------
 
 
-def _as_tokenizer(obj) -> Tokenizer:
-    if isinstance(obj, Tokenizer):
+def _as_model(obj) -> BPEModel:
+    if isinstance(obj, BPEModel):
         return obj
-    if hasattr(obj, "vocab") and hasattr(obj, "merges") and hasattr(obj, "special_tokens"):
-        return Tokenizer.from_model(obj)
+    to_model = getattr(obj, "to_model", None)
+    if callable(to_model):
+        return to_model()
     raise TypeError(f"expected a gpubpe.BPEModel or gpubpe.Tokenizer, got {type(obj).__name__}")
 
 
-def _ordinary_tokens(tok: Tokenizer) -> list[tuple[int, bytes]]:
+def _ordinary_tokens(tok: BPEModel) -> list[tuple[int, bytes]]:
     """``(id, bytes)`` of every non-special token, first id per bytes, by id."""
-    special = set(tok.special_ids.values())
+    special = set(tok.special_ids().values())
     seen: set[bytes] = set()
     out = []
     for i in sorted(tok.vocab):
@@ -117,8 +118,8 @@ def _ordinary_tokens(tok: Tokenizer) -> list[tuple[int, bytes]]:
     return out
 
 
-def _specials(tok: Tokenizer) -> list[tuple[int, str]]:
-    return sorted((i, s) for s, i in tok.special_ids.items())
+def _specials(tok: BPEModel) -> list[tuple[int, str]]:
+    return sorted((i, s) for s, i in tok.special_ids().items())
 
 
 # ---------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def hf_json(obj) -> dict:
     ``ByteLevel`` without its own regex and without a prefix space, so any
     pattern exports, not only GPT-2's.
     """
-    tok = _as_tokenizer(obj)
+    tok = _as_model(obj)
     vocab = {escape(b): i for i, b in _ordinary_tokens(tok)}
     return {
         "version": "1.0",
@@ -194,10 +195,10 @@ def hf_json(obj) -> dict:
 def write_hf(obj, path: str | os.PathLike) -> Path:
     """Write ``tokenizer.json``: loads with ``tokenizers.Tokenizer.from_file`` and
     ``transformers.PreTrainedTokenizerFast(tokenizer_file=...)``."""
-    return atomic_write_bytes(path, _hf_bytes(_as_tokenizer(obj)))
+    return atomic_write_bytes(path, _hf_bytes(_as_model(obj)))
 
 
-def _hf_bytes(tok: Tokenizer) -> bytes:
+def _hf_bytes(tok: BPEModel) -> bytes:
     return json.dumps(hf_json(tok), ensure_ascii=False, indent=1).encode("utf-8")
 
 
@@ -207,11 +208,11 @@ def write_gpt2(obj, vocab_path: str | os.PathLike, merges_path: str | os.PathLik
     Special tokens are in ``vocab.json`` with their ids, escaped like every
     other entry (GPT-2's own file holds ``<|endoftext|>`` the same way).
     """
-    vocab, merges = _gpt2_bytes(_as_tokenizer(obj))
+    vocab, merges = _gpt2_bytes(_as_model(obj))
     return atomic_write_bytes(vocab_path, vocab), atomic_write_bytes(merges_path, merges)
 
 
-def _gpt2_bytes(tok: Tokenizer) -> tuple[bytes, bytes]:
+def _gpt2_bytes(tok: BPEModel) -> tuple[bytes, bytes]:
     vocab = {escape(b): i for i, b in _ordinary_tokens(tok)}
     for i, s in _specials(tok):
         vocab[escape(s.encode("utf-8"))] = i
@@ -222,15 +223,15 @@ def _gpt2_bytes(tok: Tokenizer) -> tuple[bytes, bytes]:
 def tiktoken_ranks(obj) -> dict[bytes, int]:
     """``{token bytes: rank}`` for ``tiktoken.Encoding(mergeable_ranks=...)``;
     rank = id, the first id for duplicate bytes, special tokens left out."""
-    return {b: i for i, b in _ordinary_tokens(_as_tokenizer(obj))}
+    return {b: i for i, b in _ordinary_tokens(_as_model(obj))}
 
 
 def write_tiktoken(obj, path: str | os.PathLike) -> Path:
     """Write a ``.tiktoken`` file: ``base64(token) rank`` per line, by rank."""
-    return atomic_write_bytes(path, _tiktoken_bytes(_as_tokenizer(obj)))
+    return atomic_write_bytes(path, _tiktoken_bytes(_as_model(obj)))
 
 
-def _tiktoken_bytes(tok: Tokenizer) -> bytes:
+def _tiktoken_bytes(tok: BPEModel) -> bytes:
     ranks = tiktoken_ranks(tok)
     return "".join(f"{base64.b64encode(b).decode('ascii')} {r}\n" for b, r in ranks.items()).encode("ascii")
 
@@ -238,17 +239,17 @@ def _tiktoken_bytes(tok: Tokenizer) -> bytes:
 def to_tiktoken(obj, *, name: str = "gpubpe"):
     """A ``tiktoken.Encoding`` with the same ids (needs ``tiktoken``).
 
-    >>> enc = to_tiktoken(Tokenizer.load("tokenizer/"))  # doctest: +SKIP
+    >>> enc = to_tiktoken(load_any(Path("tokenizer/")))  # doctest: +SKIP
     >>> enc.encode("hello <|endoftext|>", allowed_special="all")  # doctest: +SKIP
     """
     import tiktoken
 
-    tok = _as_tokenizer(obj)
+    tok = _as_model(obj)
     return tiktoken.Encoding(
         name,
         pat_str=tok.pattern,
         mergeable_ranks=tiktoken_ranks(tok),
-        special_tokens=dict(tok.special_ids),
+        special_tokens=tok.special_ids(),
     )
 
 
@@ -272,8 +273,8 @@ def export(obj, directory: str | os.PathLike, *, formats: Sequence[str] = FORMAT
         raise ValueError(f"unknown format {unknown[0]!r}: choose from {', '.join(FORMATS)}")
     files: dict[str, bytes] = {}
     if "native" in formats:
-        files[MODEL_FILE] = _as_model(obj).to_json()
-    tok = _as_tokenizer(obj)
+        files[MODEL_FILE] = _native(obj).to_json()
+    tok = _as_model(obj)
     if "hf" in formats:
         files[HF_FILE] = _hf_bytes(tok)
     if "gpt2" in formats:
@@ -285,27 +286,12 @@ def export(obj, directory: str | os.PathLike, *, formats: Sequence[str] = FORMAT
 
 def native_layout(obj) -> bool:
     """Whether ``model.json`` can hold ``obj`` (ids in the trainer's layout)."""
-    try:
-        _as_model(obj)
-    except ValueError:
-        return False
-    return True
+    return _as_model(obj).is_native()
 
 
-def _as_model(obj):
-    from .model import BPEModel
-
-    if isinstance(obj, BPEModel):
-        return obj
-    tok = _as_tokenizer(obj)
-    model = BPEModel(vocab={i: bytes([i]) for i in range(256)}, merges=list(tok.merges),
-                     special_tokens=list(tok.special_tokens), pattern=tok.pattern)
-    for i, (a, b) in enumerate(tok.merges):
-        model.vocab[256 + i] = a + b
-    base = 256 + len(tok.merges)
-    for j, s in enumerate(tok.special_tokens):
-        model.vocab[base + j] = s.encode("utf-8")
-    if model.vocab != tok.vocab:
+def _native(obj) -> BPEModel:
+    model = _as_model(obj)
+    if not model.is_native():
         raise ValueError(
             "this tokenizer's ids are not in the trainer's layout (bytes 0..255 by value, merges, then "
             "special tokens), so model.json cannot hold it: export it as hf, gpt2 or tiktoken"
@@ -318,19 +304,17 @@ def _as_model(obj):
 # ---------------------------------------------------------------------------
 
 
-def _read_gpt2_vocab(path: Path) -> tuple[dict[int, bytes], dict[int, str]]:
-    """``{id: bytes}`` for the escaped entries and ``{id: str}`` for those that
-    are not escaped (special tokens written raw by other tools)."""
+def _read_gpt2_vocab(path: Path) -> dict[int, bytes]:
+    """``{id: bytes}``: escaped entries unescaped, the others (special tokens
+    written raw by other tools) as their UTF-8."""
     doc = json.loads(Path(path).read_text(encoding="utf-8"))
     vocab: dict[int, bytes] = {}
-    raw: dict[int, str] = {}
     for s, i in doc.items():
         try:
             vocab[int(i)] = unescape(s)
         except ValueError:
-            raw[int(i)] = s
             vocab[int(i)] = s.encode("utf-8")
-    return vocab, raw
+    return vocab
 
 
 def _read_gpt2_merges(path: Path) -> list[tuple[bytes, bytes]]:
@@ -347,22 +331,30 @@ def _read_gpt2_merges(path: Path) -> list[tuple[bytes, bytes]]:
     return merges
 
 
+def _model(vocab, merges, special_tokens, pattern) -> BPEModel:
+    """A loaded model: specials that no id holds get the next free ids (see
+    :func:`~gpubpe.model.assign_special_ids`), each distinct special once."""
+    specials = list(dict.fromkeys(special_tokens or ()))
+    vocab, _ = assign_special_ids(vocab, specials)
+    return BPEModel(vocab=vocab, merges=merges, special_tokens=specials, pattern=pattern)
+
+
 def load_gpt2(
     vocab_path: str | os.PathLike,
     merges_path: str | os.PathLike,
     *,
     special_tokens: Sequence[str] | None = None,
     pattern: str = GPT2_PATTERN,
-) -> Tokenizer:
-    """A Tokenizer from GPT-2-style ``vocab.json`` + ``merges.txt``.
+) -> BPEModel:
+    """A model from GPT-2-style ``vocab.json`` + ``merges.txt``.
 
     Only the ``special_tokens`` given are matched in text (as in the CS336
     ``from_files``); :func:`load_any` on a directory also finds the special
     tokens that ``gpubpe`` wrote into ``vocab.json``.
     """
-    vocab, _ = _read_gpt2_vocab(Path(vocab_path))
+    vocab = _read_gpt2_vocab(Path(vocab_path))
     merges = _read_gpt2_merges(Path(merges_path))
-    return Tokenizer(vocab, merges, special_tokens, pattern=pattern)
+    return _model(vocab, merges, special_tokens, pattern)
 
 
 def _gpt2_extra_tokens(vocab: Mapping[int, bytes], merges) -> list[str]:
@@ -376,8 +368,8 @@ def _gpt2_extra_tokens(vocab: Mapping[int, bytes], merges) -> list[str]:
     return extra
 
 
-def load_hf(path: str | os.PathLike) -> Tokenizer:
-    """A Tokenizer from an HF ``tokenizer.json`` holding a byte-level BPE."""
+def load_hf(path: str | os.PathLike) -> BPEModel:
+    """A model from an HF ``tokenizer.json`` holding a byte-level BPE."""
     path = Path(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     model = doc.get("model") or {}
@@ -395,7 +387,7 @@ def load_hf(path: str | os.PathLike) -> Tokenizer:
     for t in sorted(doc.get("added_tokens") or [], key=lambda t: t["id"]):
         vocab[int(t["id"])] = t["content"].encode("utf-8")
         specials.append(t["content"])
-    return Tokenizer(vocab, merges, specials, pattern=_hf_pattern(doc.get("pre_tokenizer"), path))
+    return _model(vocab, merges, specials, _hf_pattern(doc.get("pre_tokenizer"), path))
 
 
 def _hf_pattern(pre, path: Path) -> str:
@@ -458,8 +450,8 @@ def load_tiktoken(
     *,
     special_tokens: Sequence[str] | Mapping[str, int] | None = None,
     pattern: str = GPT2_PATTERN,
-) -> Tokenizer:
-    """A Tokenizer from a ``.tiktoken`` ranks file.
+) -> BPEModel:
+    """A model from a ``.tiktoken`` ranks file.
 
     The file holds neither special tokens nor the pattern: give them.
     ``special_tokens`` as a list takes the ids after the largest rank, in order;
@@ -474,12 +466,12 @@ def load_tiktoken(
                 vocab[int(i)] = s.encode("utf-8")
                 specials.append(s)
         else:
-            specials = list(special_tokens)  # Tokenizer appends them after the largest id
-    return Tokenizer(vocab, merges_from_ranks(ranks), specials, pattern=pattern)
+            specials = list(special_tokens)  # ids after the largest rank, in order
+    return _model(vocab, merges_from_ranks(ranks), specials, pattern)
 
 
-def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> Tokenizer:
-    """See :meth:`Tokenizer.load`. A file that is not what its name says
+def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> BPEModel:
+    """The model in ``path`` (a directory or one file; see :meth:`gpubpe.Tokenizer.load`). A file that is not what its name says
     (wrong JSON shape, ids out of range, a merge of unknown tokens) is a
     ``ValueError`` naming the file, never a ``KeyError`` from deep inside."""
     try:
@@ -491,7 +483,7 @@ def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> Toke
                          "`gpubpe train --out` or `gpubpe export`") from None
 
 
-def _load_any(path: Path, special_tokens) -> Tokenizer:
+def _load_any(path: Path, special_tokens) -> BPEModel:
     if path.is_dir():
         check_set(path)  # refuse a set that an interrupted write left mixed
         for name in (MODEL_FILE, HF_FILE, VOCAB_FILE, TIKTOKEN_FILE):
@@ -508,17 +500,15 @@ def _load_any(path: Path, special_tokens) -> Tokenizer:
     check_set(path.parent, [path.name] + ([MERGES_FILE] if path.name == VOCAB_FILE else []))
     name = path.name
     if name == MODEL_FILE:
-        from .model import load
-
-        return Tokenizer.from_model(load(path))
+        return load(path)
     if name.endswith(".tiktoken"):
         return load_tiktoken(path, special_tokens=special_tokens)
     if name == VOCAB_FILE or name.endswith("vocab.json"):
         merges_path = path.with_name(MERGES_FILE)
-        vocab, _ = _read_gpt2_vocab(path)
+        vocab = _read_gpt2_vocab(path)
         merges = _read_gpt2_merges(merges_path)
         specials = special_tokens if special_tokens is not None else _gpt2_extra_tokens(vocab, merges)
-        return Tokenizer(vocab, merges, specials)
+        return _model(vocab, merges, specials, GPT2_PATTERN)
     if name.endswith(".json"):
         return load_hf(path)
     raise ValueError(f"{str(path)!r}: unknown tokenizer file (expected {MODEL_FILE}, {HF_FILE}, "

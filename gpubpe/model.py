@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._files import atomic_write_bytes, atomic_write_text, read_checked, write_set  # noqa: F401 (re-exported)
-from .pretokenize import GPT2_PATTERN
+from .patterns import GPT2_PATTERN
 
 FORMAT = "gpubpe-bpe"
 VERSION = 1
@@ -28,7 +28,7 @@ class BPEModel:
                     ``256 + len(merges) + j``.
     pattern:        the pre-tokenization regex.
     unicode:        the Unicode class table the corpus was pre-tokenized with
-                    (``regex-<version>:<hash>``, see :func:`gpubpe._unicode.table_id`);
+                    (``regex-<version>:<hash>``, see :func:`gpubpe.pretok.unicode.table_id`);
                     ``None`` when unknown (a model from another tool).
 
     Two merges may create the same bytes (``(a, bc)`` and ``(ab, c)``); both
@@ -54,6 +54,19 @@ class BPEModel:
         for j, s in enumerate(special_tokens):
             vocab[base + j] = s.encode("utf-8")
         return cls(vocab=vocab, merges=merges, special_tokens=list(special_tokens), pattern=pattern, unicode=unicode)
+
+    def special_ids(self) -> dict[str, int]:
+        """``{special token: id}`` by the rule of :func:`assign_special_ids`."""
+        return assign_special_ids(self.vocab, self.special_tokens)[1]
+
+    def is_native(self) -> bool:
+        """Whether ``model.json`` can hold this model: ids in the trainer's layout
+        (bytes 0..255 by value, one id per merge in order, then the special tokens)."""
+        try:
+            layout = BPEModel.from_merge_ids(self.merge_ids(), self.special_tokens)
+        except (KeyError, ValueError):
+            return False
+        return layout.vocab == self.vocab
 
     def merge_ids(self) -> list[tuple[int, int]]:
         """Merges as id pairs, resolving each side to the id that created it."""
@@ -88,6 +101,33 @@ class BPEModel:
         (:mod:`gpubpe._files`), so an interruption never leaves two models mixed.
         """
         return write_set(directory, {MODEL_FILE: self.to_json()})[0]
+
+
+def assign_special_ids(vocab, special_tokens) -> tuple[dict[int, bytes], dict[str, int]]:
+    """``(vocab, {special: id})`` with an id for every special token.
+
+    A special token takes the highest id holding its bytes: special tokens come
+    after the merges in every layout, and a merge may have made the same bytes
+    (a special "the" and the token "the" inside " there"). One that no id holds
+    gets the next free id, in the order given; ``vocab`` is then a new dict.
+    """
+    last_id: dict[bytes, int] = {}
+    for i in sorted(vocab):
+        last_id[vocab[i]] = i
+    ids: dict[str, int] = {}
+    out = vocab
+    next_id = max(vocab, default=-1) + 1
+    for s in special_tokens:
+        b = s.encode("utf-8")
+        if b in last_id:
+            ids[s] = last_id[b]
+        else:
+            if out is vocab:
+                out = dict(vocab)
+            out[next_id] = b
+            last_id[b] = ids[s] = next_id
+            next_id += 1
+    return out, ids
 
 
 def _malformed(path, what: str) -> ValueError:
@@ -162,7 +202,7 @@ def check_unicode(model: BPEModel, where="the model") -> None:
     """Warn when ``model`` was pre-tokenized with another class table than the installed one."""
     if model.unicode is None:
         return
-    from . import _unicode
+    from .pretok import unicode as _unicode
 
     now = _unicode.table_id()
     if model.unicode.rsplit(":", 1)[-1] != now.rsplit(":", 1)[-1]:

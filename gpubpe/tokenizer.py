@@ -20,7 +20,9 @@ import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from .pretokenize import GPT2_PATTERN, iter_chunks
+from .corpus import iter_chunks
+from .model import BPEModel, assign_special_ids
+from .patterns import GPT2_PATTERN, resolve_pattern
 
 # Pre-tokens longer than this are merged with a heap (O(n log n)) instead of
 # the rescan loop (O(n^2)); the rescan is faster on the short words that make
@@ -66,7 +68,7 @@ class Tokenizer:
     ) -> None:
         self.vocab: dict[int, bytes] = {int(i): bytes(b) for i, b in vocab.items()}
         self.merges: list[tuple[bytes, bytes]] = [(bytes(a), bytes(b)) for a, b in merges]
-        self.pattern = _resolve_pattern(pattern)
+        self.pattern = resolve_pattern(pattern)
         if isinstance(special_tokens, (str, bytes)):
             raise TypeError(
                 f"special_tokens must be a list of strings, not a single {type(special_tokens).__name__}: "
@@ -81,27 +83,11 @@ class Tokenizer:
         # Each distinct special once, in the order given.
         self.special_tokens: list[str] = list(dict.fromkeys(specials))
 
+        self.vocab, self.special_ids = assign_special_ids(self.vocab, self.special_tokens)
         # bytes -> lowest id holding them (the id encode produces)
         self._bytes_to_id: dict[bytes, int] = {}
-        last_id: dict[bytes, int] = {}
         for i in sorted(self.vocab):
             self._bytes_to_id.setdefault(self.vocab[i], i)
-            last_id[self.vocab[i]] = i
-
-        # A special token takes the highest id holding its bytes: special tokens
-        # come after the merges in every layout, and a merge may have made the
-        # same bytes (a special "the" and the token "the" inside " there").
-        self.special_ids: dict[str, int] = {}
-        next_id = max(self.vocab, default=-1) + 1
-        for s in self.special_tokens:
-            b = s.encode("utf-8")
-            if b in last_id:
-                self.special_ids[s] = last_id[b]
-            else:
-                self.vocab[next_id] = b
-                self._bytes_to_id[b] = next_id
-                self.special_ids[s] = next_id
-                next_id += 1
 
         missing = [b for b in range(256) if bytes([b]) not in self._bytes_to_id]
         if missing:
@@ -152,12 +138,17 @@ class Tokenizer:
         """Load GPT-2-style ``vocab.json`` and ``merges.txt`` (byte-to-unicode escaped)."""
         from .formats import load_gpt2
 
-        return load_gpt2(vocab_filepath, merges_filepath, special_tokens=special_tokens, pattern=pattern)
+        return cls.from_model(load_gpt2(vocab_filepath, merges_filepath, special_tokens=special_tokens, pattern=pattern))
 
     @classmethod
     def from_model(cls, model) -> Tokenizer:
-        """The tokenizer of a trained :class:`~gpubpe.BPEModel`."""
+        """The tokenizer of a :class:`~gpubpe.BPEModel` (trained, or loaded by :mod:`gpubpe.formats`)."""
         return cls(model.vocab, model.merges, model.special_tokens, pattern=model.pattern)
+
+    def to_model(self):
+        """This tokenizer as plain data (:class:`~gpubpe.BPEModel`), as every export takes it."""
+        return BPEModel(vocab=dict(self.vocab), merges=list(self.merges), special_tokens=list(self.special_tokens),
+                        pattern=self.pattern)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, special_tokens: Sequence[str] | None = None) -> Tokenizer:
@@ -170,7 +161,7 @@ class Tokenizer:
         """
         from .formats import load_any
 
-        return load_any(Path(path), special_tokens=special_tokens)
+        return cls.from_model(load_any(Path(path), special_tokens=special_tokens))
 
     # ------------------------------------------------------------------
     # encoding
@@ -340,13 +331,6 @@ class Tokenizer:
             f"Tokenizer(vocab_size={self.vocab_size}, merges={len(self.merges)}, "
             f"special_tokens={self.special_tokens!r})"
         )
-
-
-def _resolve_pattern(pattern: str) -> str:
-    """A pattern name ('gpt2', 'cl100k', 'o200k') to its regex; a regex checked as training checks it."""
-    from .pretokenize import resolve_pattern
-
-    return resolve_pattern(pattern)
 
 
 def _rebuild(vocab, merges, special_tokens, pattern) -> Tokenizer:

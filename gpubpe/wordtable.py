@@ -56,7 +56,7 @@ class WordTable:
 
     def to_counts(self) -> dict[bytes, int]:
         """The table as ``{word bytes: count}`` (symbols must still be bytes)."""
-        from ._pretok_numba import join_words
+        from .pretok.machine import join_words
 
         symbols, offsets = self.symbols, self.offsets
         missing = np.flatnonzero(np.bincount(symbols, minlength=256)[:256] == 0)

@@ -2,7 +2,7 @@
 pre-tokenization pattern, for every code point, as the installed ``regex``
 package sees them.
 
-The table and its layout are described in gpubpe/_unicode.py, which also
+The table and its layout are described in gpubpe/pretok/unicode.py, which also
 builds it at run time (and caches it) when the installed ``regex`` differs
 from the one the shipped file was made with. Shipping the table for the newest
 ``regex`` spares most installs that build. Needs only numpy and regex:
@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's gpubpe, installed or not
 
-from gpubpe import _unicode  # noqa: E402
+from gpubpe.pretok import unicode as _unicode  # noqa: E402
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def merge_fn(name: str):
             pytest.skip(str(e))
 
     def merge(table, num_merges):
-        merges, _ = run(table, num_merges, np.zeros(1, np.int64))
+        merges, _ = run(table, num_merges, np.zeros(2, np.int64))
         return np.asarray(merges)
 
     return merge

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import regex
 
-from gpubpe import _unicode, config
+from gpubpe import config
+from gpubpe.pretok import unicode as _unicode
 
 
 def test_table_matches_installed_regex_for_every_code_point():

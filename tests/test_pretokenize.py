@@ -23,7 +23,10 @@ from gpubpe import config
 from .conftest import FIXTURES, max_examples
 from .reference import GPT2, reference_merges_from_counts, reference_pretokens
 
-P = importlib.import_module("gpubpe.pretokenize")
+from gpubpe import corpus as C  # noqa: E402
+from gpubpe import patterns as PAT  # noqa: E402
+import gpubpe.pretok as PT  # noqa: E402
+from gpubpe.pretok import regex_engine as RE, tables as TB, unicode as U  # noqa: E402
 EOT = "<|endoftext|>"
 
 # ---------------------------------------------------------------------------
@@ -69,7 +72,7 @@ fuzz_bytes = st.lists(piece, max_size=40).map(b"".join)
 
 def numba_pretokens(data: bytes, special_tokens=()) -> list[bytes]:
     """The Numba state machine, whatever the size threshold."""
-    return P._pretokenize_numba(data, P.encode_specials(special_tokens))
+    return PT._pretokenize_numba(data, C.special_bytes(special_tokens))
 
 
 @pytest.fixture
@@ -172,8 +175,8 @@ def test_resync_rule_every_non_space_to_space_is_a_boundary(data):
 @settings(max_examples=max_examples(200), deadline=None)
 @given(fuzz_bytes, st.sampled_from([(), (EOT,), ("a b", "a b c")]))
 def test_safe_cut_is_safe(data, specials):
-    sp = P.encode_specials(specials)
-    p = P.safe_cut(data, sp)
+    sp = C.special_bytes(specials)
+    p = C.safe_cut(data, sp)
     if p > 0:
         assert reference_pretokens(data[:p], specials) + reference_pretokens(data[p:], specials) == reference_pretokens(data, specials)
 
@@ -207,20 +210,20 @@ def test_count_dict_with_and_without_a_free_byte(engine, extra):
 def test_counts_fuzzed_chunks(data, chunk_size, specials):
     expected = Counter(reference_pretokens(data, specials))
     blocks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
-    sp = P.encode_specials(specials)
-    table = P._Table()
-    stage1, stage2 = P._numba_tables()
-    for c in P.cut_stream(blocks, sp, chunk_size):
+    sp = C.special_bytes(specials)
+    table = TB.CountTable()
+    stage1, stage2 = U.tables()
+    for c in C.cut_stream(blocks, sp, chunk_size):
         table.add_chunk(c, sp, stage1, stage2)
     assert table.to_dict() == expected
-    assert P.count_chunk(data, sp) == expected
+    assert RE.count_chunk(data, sp) == expected
 
 
 @both_engines
 def test_count_table_is_the_word_table(engine):
     data = (FIXTURES / "tinystories_sample.txt").read_bytes()
-    sp = P.encode_specials([EOT])
-    table = P.count_table(P.cut_stream([data], sp, 500), sp, workers=2)
+    sp = C.special_bytes([EOT])
+    table = PT.count_table(C.cut_stream([data], sp, 500), sp, workers=2, pattern=PAT.GPT2_PATTERN)
     assert table.symbols.dtype == np.int32 and table.offsets.dtype == np.int64 and table.counts.dtype == np.int64
     assert table.to_counts() == Counter(reference_pretokens(data, [EOT]))
     assert table.num_words == len(table.to_counts())  # each word once
@@ -234,9 +237,9 @@ def test_table_merge_and_growth():
     words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(30_000)]
     words += ["x" * k for k in range(1, 40)] * 3 + [" é" * k for k in range(1, 20)]
     data = "".join(words).encode()
-    stage1, stage2 = P._numba_tables()
-    a, b = P._Table(words=4), P._Table(words=4)
-    half = P.safe_cut(data, lo=len(data) // 2)
+    stage1, stage2 = U.tables()
+    a, b = TB.CountTable(words=4), TB.CountTable(words=4)
+    half = C.safe_cut(data, lo=len(data) // 2)
     a.add_chunk(data[:half], (), stage1, stage2)
     b.add_chunk(data[half:], (), stage1, stage2)
     a.merge(b)
@@ -286,7 +289,7 @@ def test_streaming_memory_is_bounded_by_chunks(tmp_path, monkeypatch, workers):
     path = tmp_path / "big.txt"
     _write_corpus(path, 4 << 20)
     chunk = 32 << 10  # the file is 128 chunks
-    P._numba_tables()  # load the table outside the measurement
+    U.tables()  # load the table outside the measurement
     gpubpe.count_pretokens(b"warm up", workers=1)
     tracemalloc.start()
     got = gpubpe.count_pretokens(path, special_tokens=[EOT], workers=workers, chunk_size=chunk)
@@ -303,7 +306,7 @@ def test_streaming_memory_is_bounded_by_chunks(tmp_path, monkeypatch, workers):
 def test_chunks_are_cut_near_chunk_size(tmp_path):
     path = tmp_path / "big.txt"
     _write_corpus(path, 1 << 20)
-    sizes = [len(c) for c in P.iter_chunks([path], None, P.encode_specials([EOT]), 10_000)]
+    sizes = [len(c) for c in C.iter_chunks([path], None, C.special_bytes([EOT]), 10_000)]
     assert sum(sizes) == path.stat().st_size
     assert max(sizes) <= 2 * 10_000 and len(sizes) > 50
 
@@ -316,7 +319,7 @@ def test_cut_never_splits_a_special_across_blocks():
     for k in range(1, 12):
         blocks = [data[i : i + k] for i in range(0, len(data), k)]
         got = Counter()
-        for c in P.cut_stream(blocks, P.encode_specials(specials), 4):
+        for c in C.cut_stream(blocks, C.special_bytes(specials), 4):
             got.update(reference_pretokens(c, specials))
         assert got == expected, k
 
@@ -329,7 +332,7 @@ def test_cut_never_splits_a_special_across_blocks():
 def _oracle(data: bytes, pattern: str, specials=()) -> Counter:
     return Counter(
         s.encode("utf-8", "surrogateescape")
-        for piece in P.split_specials(data, P.encode_specials(specials))
+        for piece in C.split_specials(data, C.special_bytes(specials))
         for s in regex.findall(pattern, piece.decode("utf-8", "surrogateescape"))
         if s
     )
@@ -338,13 +341,13 @@ def _oracle(data: bytes, pattern: str, specials=()) -> Counter:
 @pytest.mark.parametrize("name", ["cl100k", "o200k", r"\p{L}+|\d|\s+"])
 @pytest.mark.parametrize("workers", [1, 2])
 def test_other_patterns(name, workers):
-    pattern = P.resolve_pattern(name)
+    pattern = PAT.resolve_pattern(name)
     data = (FIXTURES / "tinystories_sample.txt").read_bytes() + b" WE'LL 12345 \r\n\r\n  x "
     got = gpubpe.count_pretokens(data, special_tokens=[EOT], workers=workers, chunk_size=100, pattern=name)
     assert got == _oracle(data, pattern, [EOT])
     assert gpubpe.pretokenize(data, special_tokens=[EOT], pattern=name) == [
         s.encode("utf-8", "surrogateescape")
-        for piece in P.split_specials(data, P.encode_specials([EOT]))
+        for piece in C.split_specials(data, C.special_bytes([EOT]))
         for s in regex.findall(pattern, piece.decode("utf-8", "surrogateescape"))
     ]
 
@@ -354,28 +357,28 @@ def test_tiktoken_patterns_are_tiktokens():
     import inspect
 
     src = inspect.getsource(tiktoken_ext)
-    assert P.CL100K_PATTERN in src
-    for part in P.O200K_PATTERN.split("|"):
+    assert PAT.CL100K_PATTERN in src
+    for part in PAT.O200K_PATTERN.split("|"):
         assert part in src or part.startswith("'")
 
 
 def test_user_patterns_cut_only_after_specials():
-    sp = P.encode_specials([EOT])
+    sp = C.special_bytes([EOT])
     user = r"\p{L}+|\p{N}+|\s+|[^\s\p{L}\p{N}]+"
     data = b"one two  \n" * 100 + EOT.encode() + b"three  four\n" * 100 + EOT.encode() + b"five"
-    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], sp, 100, pattern=user))
+    chunks = list(C.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], sp, 100, pattern=user))
     assert b"".join(chunks) == data
     assert all(c.endswith(EOT.encode()) for c in chunks[:-1]) and 2 <= len(chunks) <= 3
     # no special token: one chunk, whatever its size
-    assert len(list(P.cut_stream([b"a b " * 100] * 5, (), 10, pattern=user))) == 1
+    assert len(list(C.cut_stream([b"a b " * 100] * 5, (), 10, pattern=user))) == 1
 
 
 @pytest.mark.parametrize("name", ["cl100k", "o200k"])
 def test_tiktoken_patterns_stream_without_specials(name):
     # cut after a newline that a letter follows: many chunks, same counts
-    pattern = P.resolve_pattern(name)
+    pattern = PAT.resolve_pattern(name)
     data = (b"one two  \n" * 100 + b"Three  four\r\n" * 100 + b"x \n\n  y") * 3
-    chunks = list(P.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], (), 100, pattern=pattern))
+    chunks = list(C.cut_stream([data[i : i + 50] for i in range(0, len(data), 50)], (), 100, pattern=pattern))
     assert b"".join(chunks) == data and len(chunks) > 20
     assert all(c.endswith(b"\n") and len(c) < 400 for c in chunks[:-1])
     got = gpubpe.count_pretokens(data, chunk_size=100, pattern=name, workers=2)
@@ -389,11 +392,11 @@ _LINE_ALPHABET = st.sampled_from(list("aZ\n\n\r \t1'.,-/é\u00a0\u2028\u3000") +
 @given(st.lists(_LINE_ALPHABET, max_size=40).map("".join), st.sampled_from(["cl100k", "o200k"]))
 def test_line_cut_is_safe_for_tiktoken_patterns(text, name):
     # every position the line rule may cut at splits the pre-tokens exactly
-    pattern = P.resolve_pattern(name)
+    pattern = PAT.resolve_pattern(name)
     data = text.encode()
     whole = regex.findall(pattern, text)
     for p in range(1, len(data)):
-        if P.safe_cut(data[: p + 1], (), lo=p, pattern=pattern) == p:
+        if C.safe_cut(data[: p + 1], (), lo=p, pattern=pattern) == p:
             left = regex.findall(pattern, data[:p].decode())
             right = regex.findall(pattern, data[p:].decode())
             assert left + right == whole, (data, p)
@@ -403,7 +406,7 @@ def test_other_patterns_see_piece_ends():
     # `$` in cl100k sees the end of a piece: cutting inside one would change the result
     text = b"x  " + EOT.encode() + b"y  \n  z"
     got = gpubpe.count_pretokens(text, special_tokens=[EOT], chunk_size=1, pattern="cl100k")
-    assert got == _oracle(text, P.CL100K_PATTERN, [EOT])
+    assert got == _oracle(text, PAT.CL100K_PATTERN, [EOT])
 
 
 def test_pattern_errors():
@@ -421,6 +424,6 @@ def test_train_with_pattern_stores_it_and_uses_it():
     data = (FIXTURES / "tinystories_sample.txt").read_bytes()
     text = data.decode()
     model = gpubpe.train(iter([text]), vocab_size=300, special_tokens=[EOT], backend="cpu", pattern="cl100k")
-    assert model.pattern == P.CL100K_PATTERN
-    assert model.merges == reference_merges_from_counts(_oracle(data, P.CL100K_PATTERN, [EOT]), 300 - 257)
+    assert model.pattern == PAT.CL100K_PATTERN
+    assert model.merges == reference_merges_from_counts(_oracle(data, PAT.CL100K_PATTERN, [EOT]), 300 - 257)
     assert gpubpe.train(iter([text]), vocab_size=260, backend="cpu").pattern == GPT2

@@ -26,14 +26,17 @@ from hypothesis import strategies as st
 import gpubpe
 from gpubpe import _files, backends, config, formats
 from gpubpe.wordtable import WordTable
-from gpubpe._api import LongTokenWarning, TrainingStoppedEarly
+from gpubpe import LongTokenWarning, TrainingStoppedEarly
 from gpubpe.cli import main as cli_main
 from gpubpe.model import UnicodeTableWarning
 
 from .conftest import max_examples
 from .reference import reference_merges_from_counts, reference_pretokens
 
-P = importlib.import_module("gpubpe.pretokenize")
+from gpubpe import corpus as C  # noqa: E402
+from gpubpe import patterns as PAT  # noqa: E402
+import gpubpe.pretok as PT  # noqa: E402
+from gpubpe.pretok import regex_engine as RE, tables as TB, unicode as U  # noqa: E402
 EOT = "<|endoftext|>"
 
 
@@ -121,7 +124,7 @@ def test_unwritable_out_is_refused_before_training(tmp_path, monkeypatch, capsys
     blocker = tmp_path / "file"
     blocker.write_text("x")
     (tmp_path / "c.txt").write_bytes(b"the cat " * 20)
-    import gpubpe._api as api
+    import gpubpe.trainer as api
 
     def no_training(*a, **k):
         raise AssertionError("training started before the output was checked")
@@ -275,13 +278,13 @@ def test_max_token_length_validated_and_refused_where_not_implemented(tmp_path):
 def test_chunk_size_one_with_a_special_token_is_linear(monkeypatch):
     data = (b"hello world " * 8 + EOT.encode()) * 300
     scanned = [0]
-    real = P.safe_cut
+    real = C.safe_cut
 
     def counting(buf, specials=(), lo=1, **kw):
         scanned[0] += len(buf) - lo
         return real(buf, specials, lo, **kw)
 
-    monkeypatch.setattr(P, "safe_cut", counting)
+    monkeypatch.setattr(C, "safe_cut", counting)
     got = gpubpe.count_pretokens(data, special_tokens=[EOT], chunk_size=1, workers=1)
     assert got == dict(Counter(reference_pretokens(data, [EOT])))
     assert scanned[0] < 40 * len(data)  # quadratic was about len(data)^2 / 2
@@ -311,13 +314,13 @@ def test_workers_above_the_cores_are_capped_with_a_warning():
 def test_cl100k_without_specials_is_streamed(monkeypatch):
     data = b"Line of text here, with words.\n" * 100_000  # 3 MB, no special token
     sizes = []
-    real = P.count_chunk
+    real = RE.count_chunk
 
     def spy(chunk, specials, pattern):
         sizes.append(len(chunk))
         return real(chunk, specials, pattern)
 
-    monkeypatch.setattr(P, "count_chunk", spy)
+    monkeypatch.setattr(RE, "count_chunk", spy)
     got = gpubpe.count_pretokens(data, pattern="cl100k", chunk_size=1 << 16, workers=1)
     assert got == {b"Line": 100_000, b" of": 100_000, b" text": 100_000, b" here": 100_000, b",": 100_000,
                    b" with": 100_000, b" words": 100_000, b".\n": 100_000}
@@ -371,7 +374,7 @@ def test_malformed_tokenizer_json_is_a_message(tmp_path, doc):
 
 
 def test_cli_memory_error_and_interrupt_are_messages(tmp_path, monkeypatch, capsys):
-    import gpubpe._api as api
+    import gpubpe.trainer as api
 
     (tmp_path / "c.txt").write_bytes(b"the cat " * 20)
     for exc, code, words in ((MemoryError(), 1, "out of memory"), (KeyboardInterrupt(), 130, "interrupted")):
@@ -461,7 +464,7 @@ def test_early_stop_is_said_even_with_quiet(tmp_path):
 
 
 def test_model_records_the_unicode_table_and_warns_on_another(tmp_path):
-    from gpubpe import _unicode
+    from gpubpe.pretok import unicode as _unicode
 
     out = tmp_path / "tok"
     m = _model(tmp_path)

@@ -20,12 +20,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpubpe
-from gpubpe import _unicode, config
+from gpubpe import config
+from gpubpe.pretok import unicode as _unicode
 
 from .conftest import max_examples
 
-P = importlib.import_module("gpubpe.pretokenize")
-GPT2 = P.GPT2_PATTERN
+from gpubpe import corpus as C  # noqa: E402
+from gpubpe import patterns as PAT  # noqa: E402
+import gpubpe.pretok as PT  # noqa: E402
+from gpubpe.pretok import regex_engine as RE, tables as TB, unicode as U  # noqa: E402
+GPT2 = PAT.GPT2_PATTERN
 EOT = "<|endoftext|>"
 
 
@@ -35,7 +39,7 @@ def oracle(data: bytes) -> list[bytes]:
 
 
 def numba(data: bytes) -> list[bytes]:
-    return P._pretokenize_numba(data, ())
+    return PT._pretokenize_numba(data, ())
 
 
 def cp_bytes(cp: int) -> bytes:
@@ -127,9 +131,9 @@ def test_fuzz_public_pretokenize_on_the_numba_engine(data):
         def no_regex(*args, **kwargs):
             raise AssertionError("the regex engine ran")
 
-        mp.setattr(P, "_pieces_regex", no_regex)
+        mp.setattr(PT, "findall_piece", no_regex)
         got = gpubpe.pretokenize(data, special_tokens=[EOT])
-    expected = [t for piece in P.split_specials(data, (EOT.encode(),)) for t in oracle(piece)]
+    expected = [t for piece in C.split_specials(data, (EOT.encode(),)) for t in oracle(piece)]
     assert got == expected
 
 

@@ -27,7 +27,7 @@ def _cpu(engine: str = "auto"):
     def run(table, num_merges, progress, *, max_token_length=None):
         small = table.symbols.shape[0] <= config.SMALL_TABLE_SYMBOLS
         if engine == "python" or (engine == "auto" and small):
-            from .cpu_small import merge_loop_small as loop
+            from .cpu_python import merge_loop_python as loop
         else:
             from .cpu import merge_loop as loop
         return loop(table.symbols, table.offsets, table.counts, num_merges, progress, max_token_length or 0)

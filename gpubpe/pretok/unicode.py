@@ -46,7 +46,7 @@ NCP = 0x110000
 BLOCK = 256
 NBLOCKS = NCP // BLOCK
 
-TABLE_PATH = Path(__file__).parent / "data" / "gpt2_classes.npz"
+TABLE_PATH = Path(__file__).parent.parent / "data" / "gpt2_classes.npz"
 
 # The regex version of the table that tables() returned last: set together
 # with the lru_cache entry, so clearing tables()' cache resets it too.
@@ -160,7 +160,7 @@ def _read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, str]:
 
 def cache_path(version: str) -> Path:
     """Where the table for ``regex`` version ``version`` is cached."""
-    from . import config
+    from .. import config
 
     return Path(config.CACHE_DIR) / f"unicode-classes-regex-{version}.npz"
 

@@ -24,7 +24,7 @@ def _desc_key(t: bytes) -> tuple[int, ...]:
     return tuple(255 - c for c in t) + (256,)
 
 
-def merge_loop_small(symbols, offsets, counts, num_merges: int, progress, max_len: int = 0):
+def merge_loop_python(symbols, offsets, counts, num_merges: int, progress, max_len: int = 0):
     stoppable = progress.shape[0] > 1
     raw = symbols.tolist()
     off = offsets.tolist()

@@ -11,9 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
-from . import _unicode, _validate, backends, config
+from . import _validate, backends, config
+from ._progress import bar, want_progress
 from .model import BPEModel
-from .pretokenize import count_table, encode_specials, input_size, iter_chunks, resolve_pattern
+from .corpus import input_size, iter_chunks, special_bytes
+from .patterns import resolve_pattern
+from .pretok import count_table, unicode as _unicode
 
 
 class TrainingStoppedEarly(UserWarning):
@@ -67,20 +70,6 @@ class TrainStats:
         )
 
 
-def _want_progress(progress) -> bool:
-    if progress is None:
-        return sys.stderr.isatty()
-    return bool(progress)
-
-
-def _bar(enabled: bool, **kw):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(file=sys.stderr, dynamic_ncols=True, **kw)
-
-
 def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int | None):
     """Run the backend in a worker thread while this thread waits, draws the
     bar from the progress counter, and takes interrupts.
@@ -94,7 +83,7 @@ def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int |
     returned: well within a second.
     """
     progress = np.zeros(2, np.int64)
-    bar = _bar(show, total=num_merges, unit="merge", desc="merges")
+    merges_bar = bar(show, total=num_merges, unit="merge", desc="merges")
     result: list = []
     error: list = []
 
@@ -109,15 +98,15 @@ def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int |
     try:
         while t.is_alive():
             t.join(config.PROGRESS_INTERVAL)
-            if bar is not None:
-                bar.update(int(progress[0]) - bar.n)
+            if merges_bar is not None:
+                merges_bar.update(int(progress[0]) - merges_bar.n)
     except KeyboardInterrupt:
         progress[1] = 1
         t.join()
         raise
     finally:
-        if bar is not None:
-            bar.close()
+        if merges_bar is not None:
+            merges_bar.close()
     if error:
         raise error[0]
     return result[0]
@@ -147,23 +136,23 @@ def train_with_stats(
     paths, texts = _validate.inputs(inputs)
     run = backends.get(backend)  # a missing device fails here, not after counting
     backends.check_options(backend, max_token_length=max_token_length)
-    specials = encode_specials(specials_str)
-    show = _want_progress(progress)
+    specials = special_bytes(specials_str)
+    show = want_progress(progress)
 
     # 2. pre-tokenize and count, streamed, in worker processes
     t0 = time.perf_counter()
     nbytes = [0]
-    bar = _bar(show, total=input_size(paths), unit="B", unit_scale=True, desc="pre-tokenize")
+    read_bar = bar(show, total=input_size(paths), unit="B", unit_scale=True, desc="pre-tokenize")
 
     def on_bytes(n):
         nbytes[0] += n
-        if bar is not None:
-            bar.update(n)
+        if read_bar is not None:
+            read_bar.update(n)
 
     chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern)
     table = count_table(chunks, specials, workers=nworkers, pattern=pattern)  # the WordTable: the backend seam
-    if bar is not None:
-        bar.close()
+    if read_bar is not None:
+        read_bar.close()
     if nbytes[0] == 0:
         raise ValueError("the input is empty: nothing to train on")
     t1 = time.perf_counter()

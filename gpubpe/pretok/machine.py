@@ -1,9 +1,9 @@
 """The GPT-2 pre-tokenizer as a byte-level state machine, and exact counting (Numba).
 
 Everything here is a pure function of a byte buffer and the class tables of
-:mod:`gpubpe._unicode`; nothing depends on Python objects, so the same code is
-the model for a CUDA kernel (one thread per chunk, chunks cut by the
-resynchronisation rule below).
+:mod:`gpubpe.pretok.unicode`; nothing depends on Python objects (the
+resynchronisation rule below lets chunks be scanned independently, one per
+thread).
 
 Semantics: :func:`scan` returns exactly the matches that ``regex.findall``
 finds for the GPT-2 pattern
@@ -105,8 +105,8 @@ def scan(data, i, end, stage1, stage2, out):
 
     Writes the end offset of each pre-token to ``out`` until the piece ends or
     ``out`` is full, and returns ``(number written, where it stopped)``; call
-    again from there to go on. A pure function of the bytes: the machine GPU
-    threads run on their chunks.
+    again from there to go on. A pure function of the bytes, so worker threads
+    run it on their chunks independently.
     """
     m = 0
     cap = out.shape[0]
@@ -244,7 +244,7 @@ def token_spans(data, starts, ends, stage1, stage2):
 # more words and b more arena bytes. The loop then only stores; a call per
 # insertion that passed and returned the arrays measured 300 ns per long word.
 # (A jitclass would hold the arrays more neatly but cannot be cached to disk;
-# the Python side keeps them in gpubpe.pretokenize._Table.)
+# the Python side keeps them in gpubpe.pretok.tables.CountTable.)
 
 SHORT_MAX = 7
 MID_MAX = 15

@@ -1,0 +1,348 @@
+"""The corpus, read and cut: files and standard input in blocks, special-token
+bounds, and the cuts where a stream may be split without changing a pre-token.
+
+Every later stage sees the corpus as chunks from :func:`iter_chunks`: each one
+ends at a safe cut (:func:`safe_cut`), so chunks are pre-tokenized and counted
+independently, in any order, and the counts never depend on the chunk size.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import _validate, config
+from ._validate import STDIN
+from .patterns import GPT2_PATTERN, is_gpt2, is_line_cut
+
+# ---------------------------------------------------------------------------
+# Special tokens
+# ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=64)
+def special_regex(specials: tuple[bytes, ...]):
+    # Longest first: at one position the alternation takes the first alternative
+    # that matches, so `<|eot|><|eot|>` wins over `<|eot|>` (DESIGN §1.1).
+    ordered = sorted(specials, key=len, reverse=True)
+    return re.compile(b"|".join(re.escape(s) for s in ordered))
+
+
+
+def special_bytes(special_tokens: Sequence[str]) -> tuple[bytes, ...]:
+    """The special tokens as UTF-8 bytes, in the order given."""
+    return tuple(s.encode("utf-8") for s in special_tokens)
+
+
+
+def split_specials(data: bytes, specials: tuple[bytes, ...]) -> list[bytes]:
+    """The pieces of ``data`` between special tokens (the specials dropped)."""
+    if not specials:
+        return [data]
+    return special_regex(specials).split(data)
+
+
+
+def piece_bounds(data: bytes, specials: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets (int64) of the non-empty pieces between special tokens."""
+    if not specials:
+        return np.array([0], np.int64), np.array([len(data)], np.int64)
+    cuts = [0]
+    for m in special_regex(specials).finditer(data):
+        cuts.append(m.start())
+        cuts.append(m.end())
+    cuts.append(len(data))
+    b = np.asarray(cuts, dtype=np.int64).reshape(-1, 2)
+    b = b[b[:, 1] > b[:, 0]]
+    return np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(b[:, 1])
+
+
+# ---------------------------------------------------------------------------
+# Safe cuts
+# ---------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _ascii_not_space() -> bytes:
+    """The 128 ASCII bytes: 1 where ``regex``'s ``\\s`` does not match.
+
+    Note ``\\x1c``-``\\x1f`` are *not* ``\\s`` for ``regex`` (they are for
+    ``str.isspace``)."""
+    import regex
+
+    return bytes(int(regex.match(r"\s", chr(b)) is None) for b in range(128))
+
+
+def safe_cut(data: bytes, specials: tuple[bytes, ...] = (), lo: int = 1, *, pattern: str = GPT2_PATTERN) -> int:
+    """The largest ``p`` in ``[lo, len(data))`` where ``data`` may be cut, or -1.
+
+    Cutting at ``p`` means ``data[:p]`` and ``data[p:]`` are pre-tokenized and
+    counted separately; the counts add up to those of ``data`` whatever follows
+    it, because ``p`` is kept at least ``len(longest special) - 1`` bytes from
+    the end (an occurrence not yet complete cannot span it), and never falls
+    inside an occurrence of a special token.
+
+    GPT-2 pattern (resynchronisation rule): between a character that is not
+    whitespace and a whitespace character there is always a pre-token boundary
+    (no alternative matches non-space followed by space), and the pattern looks
+    ahead only across whitespace, so the two sides pre-tokenize independently.
+    We cut only where the space is ASCII (`` `` or ``\\n``) and the byte
+    before it is ASCII and not ``\\s``, so no UTF-8 sequence is split.
+
+    cl100k and o200k: right after a ``\\n`` that is followed by an ASCII letter.
+    No alternative of either pattern holds a newline followed by a letter (the
+    optional prefix of the letter runs excludes ``\\r\\n``; the whitespace and
+    punctuation runs stop before a letter), so no pre-token spans the cut. On
+    the left, the whitespace run that ends in that newline is one pre-token
+    either way: with the letter after it, ``\\s*[\\r\\n]`` (``\\s*[\\r\\n]+``)
+    takes the whole run; at the end of the piece, cl100k's ``\\s++$`` takes the
+    same run first. Nothing else looks past the cut.
+
+    Any other pattern: there is no such rule in general (a user regex may look
+    anywhere), so we cut only right after a special token: the pieces on
+    either side are pre-tokenized separately anyway. A file with no special
+    tokens is then one chunk.
+    """
+    n = len(data)
+    tail = max((len(s) for s in specials), default=1) - 1
+    hi = n - tail  # p < hi leaves the last `tail` bytes uncut
+    lo = max(lo, 1)
+    if hi <= lo:
+        return -1
+    if is_line_cut(pattern):
+        return _line_cut(data, specials, lo, hi)
+    if not is_gpt2(pattern):
+        return _special_cut(data, specials, lo, hi)[0]
+    not_space = _ascii_not_space()
+    ps = data.rfind(b" ", lo, hi)
+    pn = data.rfind(b"\n", lo, hi)
+    while True:
+        p = max(ps, pn)
+        if p < lo:
+            return -1
+        prev = data[p - 1]
+        if prev < 0x80 and not_space[prev] and not _spans_special(data, p, specials):
+            return p
+        # keep the other candidate; only rescan the one used (no quadratic rescans)
+        if p == ps:
+            ps = data.rfind(b" ", lo, p)
+        else:
+            pn = data.rfind(b"\n", lo, p)
+
+
+def _line_cut(data: bytes, specials: tuple[bytes, ...], lo: int, hi: int) -> int:
+    """The largest ``p`` in ``[lo, hi)`` with ``data[p-1] == '\\n'``, ``data[p]`` an
+    ASCII letter, outside special tokens; else the special-token cut, or -1."""
+    end = hi - 1  # the newline is at q with p = q + 1 in [lo, hi)
+    while end > lo - 1:
+        q = data.rfind(b"\n", lo - 1, end)
+        if q < 0:
+            break
+        c = data[q + 1]
+        if (0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A) and not _spans_special(data, q + 1, specials):
+            return q + 1
+        end = q
+    return _special_cut(data, specials, lo, hi)[0]
+
+
+def _spans_special(data: bytes, p: int, specials: tuple[bytes, ...]) -> bool:
+    for s in specials:
+        n = len(s)
+        if n > 1:
+            i = data.find(s, max(0, p - n + 1), p + n - 1)
+            if i != -1 and i < p:
+                return True
+    return False
+
+
+def _special_cut(data: bytes, specials: tuple[bytes, ...], lo: int, hi: int, start: int = 0) -> tuple[int, int]:
+    """``(cut, resume)``: ``cut`` is the end of the last special token matched
+    with its start before ``hi`` and its end in ``[lo, len(data))``, or -1;
+    ``resume`` is where a later scan of the same (grown) data may start.
+
+    The longest-first scan runs from ``start``, which must be a position the
+    scan of the whole stream reaches between matches (``0``: the start of a
+    chunk is a cut point). A match that starts at least ``len(longest) - 1``
+    bytes before the end (``< hi``) cannot change when more bytes arrive, and
+    cutting right after it leaves both sides with the same special tokens.
+    """
+    best = -1
+    resume = max(start, hi)
+    if not specials:
+        return best, resume
+    for m in special_regex(specials).finditer(data, start):
+        if m.start() >= hi:
+            break
+        resume = max(resume, m.end())
+        if lo <= m.end() < len(data):
+            best = m.end()
+    return best, resume
+
+
+def cut_stream(
+    blocks: Iterable[bytes],
+    specials: tuple[bytes, ...],
+    chunk_size: int,
+    on_bytes: Callable[[int], None] | None = None,
+    *,
+    pattern: str = GPT2_PATTERN,
+) -> Iterator[bytes]:
+    """Re-cut a stream of byte blocks into chunks of about ``chunk_size``, at safe cuts
+    (:func:`safe_cut`, which depends on ``pattern``).
+
+    Linear in the stream's length whatever the block size, chunk size or text:
+    blocks are joined only when a cut is looked for, each byte is searched for
+    a cut about once (a failed search resumes where it stopped), and while no
+    cut is found the chunk grows geometrically, so a long stretch without one
+    (a file without special tokens on a special-only pattern, megabytes of
+    one letter) is copied O(1) times per byte, not once per block.
+    """
+    if not is_gpt2(pattern) and not is_line_cut(pattern):
+        yield from _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes)
+        return
+    tail = max((len(s) for s in specials), default=1) - 1
+    carry = b""
+    pending: list[bytes] = []
+    size = 0
+    need = chunk_size  # join and look for a cut once this many bytes wait
+    searched = 0  # carry[:searched] holds no cut (its last `tail` bytes excepted)
+    for block in blocks:
+        if on_bytes is not None:
+            on_bytes(len(block))
+        pending.append(block)
+        size += len(block)
+        if len(carry) + size < need:
+            continue
+        carry = b"".join([carry, *pending]) if carry else b"".join(pending)
+        pending, size = [], 0
+        while len(carry) >= chunk_size:
+            lo = max(1, searched - tail - 1, len(carry) - 4 * chunk_size - tail)
+            p = safe_cut(carry, specials, lo=lo, pattern=pattern)
+            if p <= 0:
+                searched = len(carry)
+                need = 2 * len(carry)  # no safe cut yet: read on, this chunk grows past chunk_size
+                break
+            yield carry[:p]
+            carry = carry[p:]
+            searched, need = 0, chunk_size
+    if pending:
+        carry = b"".join([carry, *pending])
+    if carry:
+        yield carry
+
+
+def _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes) -> Iterator[bytes]:
+    """:func:`cut_stream` for patterns cut only after special tokens.
+
+    ``fresh`` is where the special-token scan resumes: every byte is scanned
+    about once, however long the stream goes without a special token, and
+    blocks are joined only when a scan is due (never, without special tokens:
+    the whole stream is one chunk, joined once).
+    """
+    tail = max((len(s) for s in specials), default=1) - 1
+    carry = b""
+    pending: list[bytes] = []
+    size = 0
+    need = chunk_size
+    fresh = 0
+    for block in blocks:
+        if on_bytes is not None:
+            on_bytes(len(block))
+        pending.append(block)
+        size += len(block)
+        if not specials or len(carry) + size < need:
+            continue
+        carry = b"".join([carry, *pending]) if carry else b"".join(pending)
+        pending, size = [], 0
+        hi = len(carry) - tail
+        p, resume = _special_cut(carry, specials, 1, hi, fresh)
+        if p > 0:
+            yield carry[:p]
+            carry = carry[p:]
+            fresh, need = 0, chunk_size
+        else:
+            fresh = resume
+            need = 2 * len(carry)
+    if pending:
+        carry = b"".join([carry, *pending])
+    if carry:
+        yield carry
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+
+def read_blocks(path, block_size: int) -> Iterator[bytes]:
+    """The bytes of ``path`` (``-``: standard input, a pipe works too) in blocks;
+    a UTF-16 or UTF-32 byte-order mark at the start is refused."""
+    f = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")
+    try:
+        first = True
+        while block := f.read(block_size):
+            if first:
+                first = False
+                _validate.no_utf16(block[:4], path)
+            yield block
+    finally:
+        if f is not sys.stdin.buffer:
+            f.close()
+
+
+def iter_chunks(
+    paths: Sequence[Path] | None,
+    texts: Iterable[str] | None,
+    specials: tuple[bytes, ...],
+    chunk_size: int,
+    on_bytes: Callable[[int], None] | None = None,
+    *,
+    pattern: str = GPT2_PATTERN,
+) -> Iterator[bytes]:
+    """Yield the input as chunks of about ``chunk_size`` bytes, each cut safely for ``pattern``.
+
+    Each file is a document of its own (no pre-token spans two files), so the
+    order of files does not matter. A text iterable is one stream: its strings
+    are joined, as the lines of a file are.
+    """
+
+    if paths is not None:
+        block_size = min(chunk_size, config.READ_BLOCK)
+        for path in paths:
+            yield from cut_stream(read_blocks(path, block_size), specials, chunk_size, on_bytes, pattern=pattern)
+    else:
+
+        def encode():
+            pending: list[bytes] = []
+            size = 0
+            for t in texts:
+                if not isinstance(t, str):
+                    raise TypeError(f"text inputs must be str, got {type(t).__name__}")
+                b = t.encode("utf-8", "surrogateescape")
+                pending.append(b)
+                size += len(b)
+                if size >= chunk_size:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+            if pending:
+                yield b"".join(pending)
+
+        yield from cut_stream(encode(), specials, chunk_size, on_bytes, pattern=pattern)
+
+
+def input_size(paths: Sequence[Path] | None) -> int | None:
+    """Total bytes of the inputs, or None where one is a stream (stdin, a pipe)."""
+    if paths is None:
+        return None
+    total = 0
+    for p in paths:
+        if str(p) == STDIN or not Path(p).is_file():
+            return None
+        total += os.path.getsize(p)
+    return total

@@ -1,0 +1,157 @@
+"""Pre-tokenization and exact counting of unique pre-tokens (DESIGN §1.1-1.3).
+
+The input is bytes. It is cut at special tokens (longest first), each piece is
+split with the pre-tokenization pattern exactly as the ``regex`` package splits
+``piece.decode("utf-8", "surrogateescape")`` (invalid bytes are characters of
+their own), and the pieces are counted.
+
+Two engines give the same pre-tokens:
+
+* the GPT-2 pattern (the default) runs as a byte-level state machine in Numba
+  (:mod:`.machine`), counted into hash tables keyed by the bytes (:mod:`.tables`),
+  in ``workers`` threads (the Numba code releases the GIL);
+* any other pattern (``'cl100k'``, ``'o200k'``, a regex string), and inputs
+  below ``config.NUMBA_PRETOKENIZE_BYTES``, go through ``regex``, in worker
+  processes (:mod:`.regex_engine`).
+
+The corpus arrives as chunks cut where the result cannot change
+(:mod:`gpubpe.corpus`); memory stays bounded by a few chunks plus the unique
+words, and the result does not depend on the chunk size or the number of workers.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from .. import _validate, config
+from ..corpus import cut_stream, iter_chunks, piece_bounds, special_bytes, split_specials
+from ..patterns import is_gpt2, resolve_pattern
+from . import unicode
+from .regex_engine import count_regex, findall_piece
+
+__all__ = ["count", "count_pretokens", "count_table", "pretokenize"]
+
+
+def pretokenize(data: bytes, *, special_tokens: Sequence[str] = (), pattern: str = "gpt2") -> list[bytes]:
+    """Split ``data`` into pre-tokens, in order.
+
+    Special tokens cut the input and are not returned (they never take part in
+    merges). Bytes that are not well-formed UTF-8 are characters of their own.
+    ``pattern`` is ``'gpt2'`` (the default), ``'cl100k'``, ``'o200k'`` or a
+    regex; pre-tokens that are empty strings (a user regex may match nothing)
+    are dropped.
+
+    >>> pretokenize(b"Hello, world<|endoftext|>it's", special_tokens=["<|endoftext|>"])
+    [b'Hello', b',', b' world', b'it', b"'s"]
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"pretokenize takes bytes, got {type(data).__name__}: encode it with .encode('utf-8')")
+    pattern = resolve_pattern(pattern)
+    specials = special_bytes(_validate.special_tokens(special_tokens))
+    data = bytes(data)
+    if is_gpt2(pattern) and len(data) >= config.NUMBA_PRETOKENIZE_BYTES:
+        return _pretokenize_numba(data, specials)
+    out: list[bytes] = []
+    for piece in split_specials(data, specials):
+        out.extend(s.encode("utf-8", "surrogateescape") for s in findall_piece(piece, pattern) if s)
+    return out
+
+
+def _pretokenize_numba(data: bytes, specials: tuple[bytes, ...]) -> list[bytes]:
+    from .machine import token_spans
+
+    starts, ends = piece_bounds(data, specials)
+    stage1, stage2 = unicode.tables()
+    s, e = token_spans(np.frombuffer(data, np.uint8), starts, ends, stage1, stage2)
+    return [data[a:b] for a, b in zip(s.tolist(), e.tolist())]
+
+
+def _engine(chunks: Iterator[bytes], pattern: str) -> tuple[str, Iterator[bytes]]:
+    """'numba' or 'regex' for this input, and the chunks to count (none lost).
+
+    The GPT-2 pattern runs in Numba unless the whole input is smaller than
+    ``config.NUMBA_PRETOKENIZE_BYTES``: chunks are read ahead until that many
+    bytes are seen (memory: at most that much more)."""
+    if not is_gpt2(pattern):
+        return "regex", chunks
+    head: deque[bytes] = deque()  # popped from the left: a list would be quadratic with tiny chunks
+    size = 0
+    for c in chunks:
+        head.append(c)
+        size += len(c)
+        if size >= config.NUMBA_PRETOKENIZE_BYTES:
+            break
+    else:
+        return "regex", iter(head)
+
+    def rest():
+        while head:
+            yield head.popleft()
+        yield from chunks
+
+    return "numba", rest()
+
+
+def count(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int, pattern: str):
+    """Count the chunks' pre-tokens: a :class:`~gpubpe.pretok.tables.CountTable`
+    (Numba engine) or a ``{bytes: count}`` dict (regex engine), whichever the
+    engine makes, so that neither is converted into the other for nothing.
+    ``pattern`` is a resolved regex (:func:`~gpubpe.patterns.resolve_pattern`)."""
+    engine, chunks = _engine(iter(chunks), pattern)
+    if engine == "regex":
+        return count_regex(chunks, specials, workers, pattern)
+    from .tables import count_numba
+
+    return count_numba(chunks, specials, workers)
+
+
+def count_table(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int, pattern: str):
+    """Count the chunks' pre-tokens straight into a :class:`~gpubpe.wordtable.WordTable`.
+
+    This is what training uses. On the Numba path the table's arrays come from
+    the hash tables directly (no dict of all words is built): symbols are the
+    byte values (int32), one row per unique pre-token, in no particular order.
+    """
+    from ..wordtable import WordTable
+
+    counted = count(chunks, specials, workers=workers, pattern=pattern)
+    return WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
+
+
+def count_pretokens(
+    source,
+    *,
+    special_tokens: Sequence[str] = (),
+    workers: int | None = None,
+    chunk_size: int = config.CHUNK_SIZE,
+    pattern: str = "gpt2",
+) -> dict[bytes, int]:
+    """Count the unique pre-tokens of ``source``: ``{pre-token bytes: count}``.
+
+    ``source`` is bytes, a path, a list of paths, or an iterable of str (one
+    stream). Special tokens cut the input and are not counted. ``workers``:
+    threads (GPT-2 pattern) or processes (other patterns); None is all cores.
+    ``chunk_size``: bytes read and counted at a time; memory is a few chunks
+    plus the unique pre-tokens, and the result does not depend on it (where
+    chunks may be cut: :func:`gpubpe.corpus.safe_cut`). ``pattern``: ``'gpt2'`` (default, the fast path),
+    ``'cl100k'``, ``'o200k'``, or any regex (through the ``regex`` package).
+
+    >>> count_pretokens(b"the cat the")
+    {b'the': 1, b' cat': 1, b' the': 1}
+    """
+    specials = special_bytes(_validate.special_tokens(special_tokens))
+    nworkers = _validate.workers(workers)
+    chunk_size = _validate.chunk_size(chunk_size)
+    pattern = resolve_pattern(pattern)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        blocks = (data[i : i + chunk_size] for i in range(0, len(data), chunk_size))
+        chunks = cut_stream(blocks, specials, chunk_size, pattern=pattern)
+    else:
+        paths, texts = _validate.inputs(source)
+        chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern)
+    counted = count(chunks, specials, workers=nworkers, pattern=pattern)
+    return counted if isinstance(counted, dict) else counted.to_dict()

@@ -1,0 +1,123 @@
+"""Exact counting with the Numba state machine: per-thread hash tables keyed by
+the pre-tokens' bytes, merged into one, handed on as a WordTable."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterable
+
+import numpy as np
+
+from ..corpus import piece_bounds
+from . import unicode
+
+
+class CountTable:
+    """A Numba counting table: short words keyed by their packed bytes, longer
+    ones by hash with full comparison (layouts in :mod:`gpubpe._pretok_numba`)."""
+
+    _FIELDS = ("short", "mid", "slots", "hashes", "offs", "arena", "counts")
+
+    def __init__(self, words: int = 1 << 10, arena: int = 1 << 14):
+        self.short = np.zeros(2 * 4 * words, dtype=np.uint64)
+        self.mid = np.zeros(3 * 4 * words, dtype=np.uint64)
+        self.slots = np.zeros(4 * words, dtype=np.int64)
+        self.hashes = np.empty(words, dtype=np.uint64)
+        self.offs = np.zeros(words + 1, dtype=np.int64)
+        self.arena = np.empty(arena, dtype=np.uint8)
+        self.counts = np.empty(words, dtype=np.int64)
+        self.n = np.zeros(4, dtype=np.int64)  # long words, arena bytes used, short words, mid words
+
+    @property
+    def nwords(self) -> int:
+        return int(self.n[0] + self.n[2] + self.n[3])
+
+    def _set(self, arrays) -> None:
+        for name, a in zip(self._FIELDS, arrays):
+            setattr(self, name, a)
+
+    def _arrays(self):
+        return [getattr(self, name) for name in self._FIELDS]
+
+    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], stage1, stage2) -> None:
+        from .machine import count_pieces
+
+        starts, ends = piece_bounds(chunk, specials)
+        data = np.frombuffer(chunk, dtype=np.uint8)
+        self._set(count_pieces(data, starts, ends, stage1, stage2, *self._arrays(), self.n))
+
+    def merge(self, other: CountTable) -> None:
+        from .machine import merge_tables
+
+        self._set(
+            merge_tables(
+                *self._arrays(), self.n,
+                other.short, other.mid, other.hashes, other.offs, other.arena, other.counts, other.n,
+            )
+        )  # fmt: skip
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(symbols int32, offsets int64, counts int64) of every word."""
+        from .machine import flatten
+
+        return flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n)
+
+    def to_wordtable(self):
+        from ..wordtable import WordTable
+
+        symbols, offsets, counts = self.arrays()
+        return WordTable(symbols, offsets, counts)
+
+    def to_dict(self) -> dict[bytes, int]:
+        return self.to_wordtable().to_counts()
+
+
+def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: int) -> CountTable:
+    """Count every chunk into Numba tables, one per worker thread, then merge them.
+
+    Threads, not processes: the counting function is ``nogil``, so threads run
+    in parallel without forking, without pickling chunks or tables, and
+    without a second copy of the interpreter's memory. Read-ahead is bounded
+    (a queue of ``workers`` chunks), so at most ``2 * workers + 1`` chunks are
+    alive at once.
+    """
+    stage1, stage2 = unicode.tables()
+    # One worker runs in a thread too: compiled code called from the main
+    # thread would hold Ctrl-C until it returns (and then fail in Numba's
+    # dispatcher); here the main thread only feeds the queue and stays
+    # interruptible.
+    tables = [CountTable() for _ in range(workers)]
+    todo: queue.Queue = queue.Queue(maxsize=workers)
+    errors: list[BaseException] = []
+
+    def work(table: CountTable) -> None:
+        while (c := todo.get()) is not None:
+            if errors:
+                continue  # drain: the main thread stops feeding and sends the sentinels
+            try:
+                table.add_chunk(c, specials, stage1, stage2)
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,), daemon=True) for t in tables]
+    for t in threads:
+        t.start()
+    try:
+        for c in chunks:
+            if errors:
+                break
+            todo.put(c)
+    finally:
+        for _ in threads:
+            todo.put(None)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    # merge the smaller tables into the largest one, freeing each when merged
+    tables.sort(key=lambda t: t.nwords, reverse=True)
+    total = tables.pop(0)
+    while tables:
+        total.merge(tables.pop(0))
+    return total
