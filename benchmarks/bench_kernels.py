@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from gpubpe.backends import _cuda_kernels as K  # noqa: E402
+from gpubpe.backends.cuda import kernels as K  # noqa: E402
 from gpubpe.backends import cuda as C  # noqa: E402
 from gpubpe.wordtable import WordTable  # noqa: E402
 

@@ -24,6 +24,21 @@ SMALL_TABLE_SYMBOLS = 200_000
 # 10 MB/s. Both give identical pre-tokens (tests/test_pretokenize.py).
 NUMBA_PRETOKENIZE_BYTES = 4 << 20
 
+# --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
+# Merges launched per read-back of the status. Larger batches amortize the
+# read-back (~10 us) and graph launch; the cost is at most one batch of no-op
+# launches at the end or after a halt.
+CUDA_MERGE_BATCH = 64
+# The pair table halts the loop when occupied slots pass this fraction of its
+# capacity (linear probing slows past ~0.75), and is rebuilt between batches
+# past CUDA_REBUILD_LOAD, at a capacity of CUDA_TABLE_SLACK times the live pairs.
+CUDA_TABLE_MAX_LOAD = 0.75
+CUDA_REBUILD_LOAD = 0.5
+CUDA_TABLE_SLACK = 4
+CUDA_MIN_TABLE_BITS = 10
+# Positions are compacted when removed symbols pass this fraction of them.
+CUDA_COMPACT_FRACTION = 0.5
+
 # Training warns (LongTokenWarning) when a token is longer than this many
 # bytes: every export spells each token out, so a 50 MB run of one letter
 # makes gigabytes of files unless max_token_length caps it.

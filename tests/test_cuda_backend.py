@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpubpe import backends
-from gpubpe.backends import _cuda_kernels as K
+from gpubpe.backends.cuda import kernels as K
 from gpubpe.wordtable import WordTable
 
 from .conftest import FIXTURES, max_examples

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .conftest import max_examples
-from gpubpe.backends import _cuda_kernels as K
+from gpubpe.backends.cuda import kernels as K
 
 EMPTY = int(K.EMPTY_KEY)
 
@@ -32,9 +32,9 @@ class Env:
             self.put = lambda a: cupy.asarray(np.ascontiguousarray(a))
             self.get = cupy.asnumpy
         else:
-            from gpubpe import _sim
+            from gpubpe.backends.cuda import sim as _sim
 
-            self.launcher = K.SimLauncher()
+            self.launcher = _sim.SimLauncher()
             self.put = lambda a: _sim.asarray(np.ascontiguousarray(a))
             self.get = lambda a: np.array(a, copy=True)
         self.k = K.Kernels(self.launcher)
@@ -472,8 +472,8 @@ def run_sim_script(harness_dir, body: str, seed: int = 1):
     code = textwrap.dedent(
         """
         import numpy as np
-        from gpubpe import _sim
-        from gpubpe.backends import _cuda_kernels as K
+        from gpubpe.backends.cuda import sim as _sim
+        from gpubpe.backends.cuda import kernels as K
         sigs = K.signatures()
         lib = _sim.library()
         def launch(name, grid, block, *args):
@@ -513,7 +513,7 @@ def test_sim_syncthreads_reduction(harness_dir):
 
 
 def test_sim_asan_reports_out_of_bounds(harness_dir):
-    from gpubpe import _sim
+    from gpubpe.backends.cuda import sim as _sim
 
     if not _sim.asan_enabled():
         pytest.skip("the simulator was built without AddressSanitizer (no libasan for this compiler)")
@@ -541,7 +541,7 @@ def test_sim_reports_divergent_barrier(harness_dir):
 def test_barrier_detection_follows_device_functions():
     """A kernel that reaches __syncthreads only through a __device__ helper
     still runs its threads as fibers in the simulator (else the barrier aborts)."""
-    from gpubpe.backends._cuda_kernels import parse_kernels
+    from gpubpe.backends.cuda.catalogue import parse_kernels
 
     header = "__device__ void reduce_in_block(long long* s) { __syncthreads(); }\n"
     src = (

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from gpubpe.backends import _cuda_kernels as K
+from gpubpe.backends.cuda import catalogue as K
 
-nvrtc = pytest.importorskip("gpubpe.backends._cuda_nvrtc")
+nvrtc = pytest.importorskip("gpubpe.backends.cuda.nvrtc")
 
 ARCHS = ["sm_80", "sm_90"]
 

@@ -1,155 +1,33 @@
-"""The CUDA kernels' sources, and one typed Python wrapper per kernel.
+"""One typed Python wrapper per CUDA kernel, and the launcher for a device.
 
 The same wrappers drive two launchers:
 
-* ``DeviceLauncher``: CuPy ``RawModule`` per ``kernels/*.cu`` file, compiled by
-  NVRTC on first use (memoized per process).
-* ``SimLauncher``: the same sources compiled by the host C++ compiler through
-  ``gpubpe/_sim`` and called through ctypes, on NumPy arrays the simulator
-  allocated (poisoned redzones, so AddressSanitizer sees out-of-bounds access).
+* :class:`DeviceLauncher`: CuPy ``RawModule`` per ``kernels/*.cu`` file,
+  compiled by NVRTC on first use (memoized per process).
+* :class:`~gpubpe.backends.cuda.sim.SimLauncher`: the same sources compiled by
+  the host C++ compiler and called through ctypes, on NumPy arrays the
+  simulator allocated (poisoned redzones, so AddressSanitizer sees
+  out-of-bounds access).
 
 Every wrapper checks each array's dtype and contiguity and casts each scalar to
 the exact C type of the kernel parameter: CuPy passes a Python ``int`` as a
 64-bit value, which a kernel taking ``int`` would silently misread. The
-expected types are read from the kernel signatures in the ``.cu`` files, so a
-wrapper and its kernel cannot drift apart.
+expected types are read from the kernel signatures in the ``.cu`` files
+(:mod:`.catalogue`), so a wrapper and its kernel cannot drift apart.
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-# C parameter type (const and __restrict__ removed) -> (is_pointer, NumPy dtype)
-_CTYPES = {
-    "int*": (True, np.int32),
-    "long long*": (True, np.int64),
-    "u64*": (True, np.uint64),
-    "unsigned long long*": (True, np.uint64),
-    "unsigned char*": (True, np.uint8),
-    "int": (False, np.int32),
-    "long long": (False, np.int64),
-    "unsigned": (False, np.uint32),
-}
-
-# Status slots and halt codes, as in kernels/common.cuh (checked by the tests).
-ST_DONE, ST_HALT, ST_NOCC, ST_OCC_START, ST_POOL_USED, ST_DEAD, ST_USED = 0, 1, 2, 3, 4, 5, 6
-ST_TOKBYTES, ST_A, ST_B, ST_DROPPED, ST_PENDING, ST_ERR, ST_SIZE = 7, 8, 9, 10, 11, 12, 16
-HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, HALT_INTERNAL = 1, 2, 3, 4
-EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
-MAX_BLOCK = 256
-
-
-def kernel_dir() -> Path:
-    """The folder holding ``*.cu``: ``gpubpe/kernels`` in a wheel, ``<repo>/kernels``
-    in a source tree (editable install); ``GPUBPE_KERNEL_DIR`` overrides both."""
-    env = os.environ.get("GPUBPE_KERNEL_DIR")
-    pkg = Path(__file__).resolve().parent.parent
-    candidates = [Path(env)] if env else [pkg / "kernels", pkg.parent / "kernels"]
-    for c in candidates:
-        if (c / "common.cuh").is_file():
-            return c
-    raise FileNotFoundError(
-        "gpubpe's CUDA kernel sources (kernels/*.cu) were not found in "
-        + ", ".join(str(c) for c in candidates)
-        + ": reinstall gpubpe, or set GPUBPE_KERNEL_DIR to the folder holding them"
-    )
-
-
-def kernel_files() -> list[Path]:
-    """Every ``.cu`` file, in a fixed order."""
-    return sorted(kernel_dir().glob("*.cu"))
-
-
-@dataclass(frozen=True)
-class KernelSig:
-    name: str
-    file: str
-    params: tuple[tuple[str, str], ...]  # (normalized C type, name)
-    uses_barrier: bool
-
-
-_SIG = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(\w+)\s*\(([^)]*)\)\s*\{', re.S)
-_DEVICE_FN = re.compile(r"__device__\s+[\w\s\*]*?(\w+)\s*\([^)]*\)\s*\{", re.S)
-
-
-def _body(source: str, start: int) -> str:
-    """The text of the brace block that opens just before ``start``."""
-    depth, i = 1, start
-    while depth:
-        c = source[i]
-        depth += (c == "{") - (c == "}")
-        i += 1
-    return source[start:i]
-
-
-def _barrier_functions(source: str) -> set[str]:
-    """Names of ``__device__`` functions that reach ``__syncthreads``, directly or
-    through another such function: a kernel calling one needs the simulator's
-    per-thread fibers just as if it called ``__syncthreads`` itself."""
-    bodies = {m.group(1): _body(source, m.end()) for m in _DEVICE_FN.finditer(source)}
-    found = {name for name, b in bodies.items() if "__syncthreads" in b}
-    grew = True
-    while grew:
-        grew = False
-        for name, b in bodies.items():
-            if name not in found and any(re.search(rf"\b{f}\s*\(", b) for f in found):
-                found.add(name)
-                grew = True
-    return found
-
-
-def _norm_type(decl: str) -> tuple[str, str]:
-    decl = " ".join(decl.replace("__restrict__", " ").replace("const ", " ").split())
-    m = re.match(r"^(.*?)(\w+)$", decl)
-    if not m:
-        raise ValueError(f"cannot parse kernel parameter {decl!r}")
-    ctype = m.group(1).replace(" *", "*").strip()
-    return ctype, m.group(2)
-
-
-def parse_kernels(source: str, file: str = "<source>", headers: str = "") -> list[KernelSig]:
-    """The ``extern "C" __global__`` kernels of a ``.cu`` source with their
-    parameters, and whether each body reaches ``__syncthreads`` (itself or
-    through ``__device__`` functions of the source or of ``headers``)."""
-    out = []
-    barrier_fns = _barrier_functions(headers + "\n" + source)
-    for m in _SIG.finditer(source):
-        body = _body(source, m.end())
-        params = tuple(_norm_type(p) for p in m.group(2).split(",") if p.strip())
-        for ctype, pname in params:
-            if ctype not in _CTYPES:
-                raise ValueError(f"{file}: kernel {m.group(1)} parameter {pname} has type {ctype!r}, "
-                                 f"which the wrappers do not map (known: {sorted(_CTYPES)})")
-        uses_barrier = "__syncthreads" in body or any(re.search(rf"\b{f}\s*\(", body) for f in barrier_fns)
-        out.append(KernelSig(m.group(1), file, params, uses_barrier))
-    return out
-
-
-@lru_cache(maxsize=None)
-def _signatures(kdir: str) -> dict[str, KernelSig]:
-    sigs = {}
-    headers = "\n".join(h.read_text() for h in sorted(Path(kdir).glob("*.cuh")))
-    for f in sorted(Path(kdir).glob("*.cu")):
-        for s in parse_kernels(f.read_text(), f.name, headers):
-            sigs[s.name] = s
-    return sigs
-
-
-def signatures() -> dict[str, KernelSig]:
-    return _signatures(str(kernel_dir()))
-
-
-def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
-    """NVRTC options shared by the device loader and the compile test."""
-    opts = ("--std=c++14", f"--include-path={kernel_dir()}")
-    return opts + ((f"--gpu-architecture={arch}",) if arch else ())
-
+from .catalogue import (  # noqa: F401 (the status layout is part of the wrappers' API)
+    _CTYPES, EMPTY_KEY, HALT_INTERNAL, HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, ST_A, ST_B, ST_DEAD, ST_DONE,
+    ST_DROPPED, ST_ERR, ST_HALT, ST_NOCC, ST_OCC_START, ST_PENDING, ST_POOL_USED, ST_SIZE, ST_TOKBYTES, ST_USED,
+    MAX_BLOCK, KernelSig, device_source, kernel_dir, signatures,
+)
 
 class DeviceLauncher:
     """Launches on a CUDA device through CuPy; modules compile once per process."""
@@ -184,38 +62,12 @@ class DeviceLauncher:
         self._fn(sig)((grid,), (block,), tuple(args))
 
 
-def device_source(path: Path) -> str:
-    """The source of one ``.cu`` with ``common.cuh`` pasted in: CuPy's on-disk
-    binary cache is keyed by the source text, so an edited header must change it."""
-    header = (kernel_dir() / "common.cuh").read_text()
-    return Path(path).read_text().replace('#include "common.cuh"', header)
-
-
 @lru_cache(maxsize=None)
 def _device_module(path: str):
     import cupy
 
     # NVRTC runs here, once per file and process (and CuPy caches the binary on disk).
     return cupy.RawModule(code=device_source(Path(path)), options=("--std=c++14",))
-
-
-class SimLauncher:
-    """Runs the host-compiled kernels (gpubpe._sim) on simulator-owned NumPy arrays."""
-
-    sim = True
-    sm_count = 2
-
-    def __init__(self):
-        from .. import _sim
-
-        self.sim_mod = _sim
-        self.lib = _sim.library()
-
-    def is_device_array(self, a) -> bool:
-        return isinstance(a, np.ndarray) and self.sim_mod.owns(a)
-
-    def launch(self, sig: KernelSig, grid: int, block: int, args: list) -> None:
-        self.sim_mod.launch(self.lib, sig, grid, block, args)
 
 
 class Kernels:

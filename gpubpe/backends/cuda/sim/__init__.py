@@ -9,7 +9,7 @@ AddressSanitizer on (``GPUBPE_SIM_ASAN=0`` turns it off), and cached under
 ``$GPUBPE_CACHE_DIR`` (default ``$XDG_CACHE_HOME/gpubpe`` or ``~/.cache/gpubpe``,
 else the temp folder), keyed by a hash of every source and flag.
 ``GPUBPE_SIM_SEED`` fixes the schedule seed (default: random per process,
-readable as ``gpubpe._sim.seed()``) to replay a failing order.
+readable as ``gpubpe.backends.cuda.sim.seed()``) to replay a failing order.
 """
 
 from __future__ import annotations
@@ -70,13 +70,14 @@ def _cache_dir() -> Path:
 
 def generated_source() -> str:
     """The translation unit: the harness, every .cu, and one C launcher per kernel."""
-    from ..backends._cuda_kernels import kernel_files, parse_kernels
+    from ..catalogue import kernel_files, signatures
 
     parts = ['#include "harness.h"']
-    sigs = []
     for f in kernel_files():
         parts.append(f'#include "{f.name}"')
-        sigs += parse_kernels(f.read_text(), f.name)
+    # The catalogue's parse, headers included: a kernel that reaches
+    # __syncthreads through a helper in common.cuh must run on fibres here too.
+    sigs = sorted(signatures().values(), key=lambda s: (s.file, s.name))
     for s in sigs:
         casts = ", ".join(f"*({ctype}*)a[{i}]" for i, (ctype, _) in enumerate(s.params))
         parts.append(
@@ -118,7 +119,7 @@ def build() -> Path:
 
 
 def _build(*, asan: bool) -> Path:
-    from ..backends._cuda_kernels import kernel_dir
+    from ..catalogue import kernel_dir
 
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
@@ -224,7 +225,7 @@ _PTR_TYPES = {np.int32: ctypes.c_int32, np.int64: ctypes.c_int64, np.uint32: cty
 
 
 def launch(lib, sig, grid: int, block: int, args: list) -> None:
-    """Run kernel ``sig`` with already checked arguments (see _cuda_kernels.Kernels)."""
+    """Run kernel ``sig`` with already checked arguments (see kernels.Kernels)."""
     global _counter
     holders = []
     for v in args:
@@ -242,3 +243,20 @@ def launch(lib, sig, grid: int, block: int, args: list) -> None:
     rc = fn(grid, block, s, argv)
     if rc != 0:
         raise RuntimeError(f"simulator launch of {sig.name} failed: {lib.gpubpe_sim_error().decode()}")
+
+
+class SimLauncher:
+    """Runs the host-compiled kernels on simulator-owned NumPy arrays (the
+    launcher :class:`~gpubpe.backends.cuda.kernels.Kernels` takes in cuda-sim)."""
+
+    sim = True
+    sm_count = 2
+
+    def __init__(self):
+        self.lib = library()
+
+    def is_device_array(self, a) -> bool:
+        return isinstance(a, np.ndarray) and owns(a)
+
+    def launch(self, sig, grid: int, block: int, args: list) -> None:
+        launch(self.lib, sig, grid, block, args)

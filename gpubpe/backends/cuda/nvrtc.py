@@ -3,7 +3,7 @@
 NVRTC is a plain shared library (the ``nvidia-cuda-nvrtc-cu12`` wheel ships
 it); compiling needs no driver and no device, so CI checks every ``.cu`` for
 the architectures the project targets. On a device, CuPy drives the same
-NVRTC with the same options (``_cuda_kernels.nvrtc_options``).
+NVRTC with the same options (``catalogue.nvrtc_options``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from ._cuda_kernels import device_source, kernel_dir, nvrtc_options
+from .catalogue import device_source, kernel_dir, nvrtc_options
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -97,8 +97,3 @@ def compile_cu(path: Path, arch: str) -> tuple[int, str]:
         return cubin.value, log
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-
-
-def compile_all(archs=("sm_80", "sm_90")) -> dict[tuple[str, str], int]:
-    """CUBIN size per (file, arch) for every kernel file."""
-    return {(f.name, a): compile_cu(f, a)[0] for f in sorted(kernel_dir().glob("*.cu")) for a in archs}

@@ -3,7 +3,7 @@
 ``make_backend(sim=False)`` runs on a CUDA device through CuPy.
 ``make_backend(sim=True)`` is the ``cuda-sim`` backend: this same driver, with
 NumPy arrays in place of CuPy ones and the kernels compiled by the host C++
-compiler (gpubpe._sim). It exists to test the kernels and the driver without
+compiler (gpubpe.backends.cuda.sim). It exists to test the kernels and the driver without
 a GPU and to debug a kernel on a laptop; it is far slower than ``cpu``.
 
 Device state (positions are int32; a WordTable over 2^31 - 1 symbols is refused):
@@ -33,22 +33,16 @@ import math
 
 import numpy as np
 
-from . import BackendUnavailable
-from . import _cuda_kernels as K
+from ... import config
+from .. import BackendUnavailable
+from . import kernels as K
 
-# Merges launched per read-back of the status. Larger batches amortize the
-# read-back (~10 us) and graph launch; the cost is at most one batch of no-op
-# launches at the end or after a halt.
-MERGE_BATCH = 64
-# The pair table halts the loop when occupied slots pass this fraction of its
-# capacity (linear probing slows past ~0.75), and is rebuilt between batches
-# past REBUILD_LOAD, at a capacity of TABLE_SLACK times the live pairs.
-TABLE_MAX_LOAD = 0.75
-REBUILD_LOAD = 0.5
-TABLE_SLACK = 4
-MIN_TABLE_BITS = 10
-# Positions are compacted when removed symbols pass this fraction of them.
-COMPACT_FRACTION = 0.5
+MERGE_BATCH = config.CUDA_MERGE_BATCH
+TABLE_MAX_LOAD = config.CUDA_TABLE_MAX_LOAD
+REBUILD_LOAD = config.CUDA_REBUILD_LOAD
+TABLE_SLACK = config.CUDA_TABLE_SLACK
+MIN_TABLE_BITS = config.CUDA_MIN_TABLE_BITS
+COMPACT_FRACTION = config.CUDA_COMPACT_FRACTION
 
 
 class _Dev:
@@ -59,10 +53,10 @@ class _Dev:
         self.sim = sim
         self.stream = None
         if sim:
-            from .. import _sim
+            from . import sim as _sim
 
             self._sim = _sim
-            self.launcher = K.SimLauncher()
+            self.launcher = _sim.SimLauncher()
             self.xp = np
             self.block = 32  # fibers are cheap, not free: small blocks keep the simulator quick
             self.merge_grid = 2
@@ -348,7 +342,7 @@ def make_backend(*, sim: bool):
     """The merge loop of backend 'cuda' (``sim=False``) or 'cuda-sim' (``sim=True``):
     ``run(table, num_merges, progress) -> (merges int32[n, 2], ntokens)``."""
     if sim:
-        from .. import _sim
+        from . import sim as _sim
 
         try:
             _sim.library()
