@@ -56,8 +56,6 @@ class WordTable:
 
     def to_counts(self) -> dict[bytes, int]:
         """The table as ``{word bytes: count}`` (symbols must still be bytes)."""
-        from .pretok.machine import join_words
-
         symbols, offsets = self.symbols, self.offsets
         missing = np.flatnonzero(np.bincount(symbols, minlength=256)[:256] == 0)
         if missing.size:
@@ -65,9 +63,19 @@ class WordTable:
             # occurs in well-formed UTF-8) and let bytes.split cut them in C:
             # about a third of the cost of one slice per word.
             sep = int(missing[-1])
-            words = join_words(symbols, offsets, sep).tobytes().split(bytes([sep]))
+            words = _join_words(symbols, offsets, sep).tobytes().split(bytes([sep]))
         else:
             raw = symbols.astype(np.uint8).tobytes()
             offs = offsets.tolist()
             words = map(raw.__getitem__, map(slice, offs[:-1], offs[1:]))
         return dict(zip(words, self.counts.tolist()))
+
+
+def _join_words(symbols: np.ndarray, offsets: np.ndarray, sep: int) -> np.ndarray:
+    """The words' bytes (uint8) with the byte ``sep`` between consecutive words:
+    word ``k``'s symbols move ``k`` places right, the separators fill the gaps."""
+    n = offsets.shape[0] - 1
+    out = np.full(symbols.shape[0] + max(n - 1, 0), sep, np.uint8)
+    shift = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+    out[np.arange(symbols.shape[0], dtype=np.int64) + shift] = symbols
+    return out

@@ -567,19 +567,3 @@ def flatten(short, mid, offs, arena, counts, n):
         out_counts[w + k] = counts[k]
         offsets[w + k + 1] = pos + offs[k + 1]
     return symbols, offsets, out_counts
-
-
-@njit(cache=True, nogil=True)
-def join_words(symbols, offsets, sep):
-    """The words' bytes (uint8) with the byte ``sep`` between consecutive words."""
-    n = offsets.shape[0] - 1
-    out = np.empty(symbols.shape[0] + max(n - 1, 0), np.uint8)
-    j = 0
-    for k in range(n):
-        if k > 0:
-            out[j] = sep
-            j += 1
-        for i in range(offsets[k], offsets[k + 1]):
-            out[j] = symbols[i]
-            j += 1
-    return out
