@@ -299,7 +299,7 @@ class ChildRun:
                  *single* process among the command and its reaped descendants
                  (``wait4`` ru_maxrss). Exact, but it does not add up workers
                  that ran at the same time, and it has a floor of the
-                 launcher's own few MB (:func:`launcher_floor_bytes`).
+                 launcher's own few MB (``run_measured(['true']).max_rss``).
     tree_peak:   the largest sum, over the live process tree (the command and
                  all its descendants, forked workers included), of each process's
                  proportional set size (PSS: shared pages divided among the
@@ -446,11 +446,6 @@ os._exit(0)
 def _maxrss_bytes(value: int) -> int:
     # ru_maxrss is in KiB on Linux and in bytes on macOS
     return value if sys.platform == "darwin" else value * 1024
-
-
-def launcher_floor_bytes() -> int:
-    """ru_maxrss of a command that does nothing, through the launcher: the floor of ``max_rss``."""
-    return run_measured(["true"]).max_rss
 
 
 def run_measured(

@@ -6,7 +6,7 @@ import numbers
 import os
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable
 
 BACKENDS = ("auto", "cpu", "cuda", "cuda-sim")
 

@@ -61,3 +61,24 @@ import os as _os
 CACHE_DIR = _os.environ.get("GPUBPE_CACHE_DIR") or _os.path.join(
     _os.environ.get("XDG_CACHE_HOME") or _os.path.join(_os.path.expanduser("~"), ".cache"), "gpubpe"
 )
+
+
+# --- environment knobs, read when used (tests and scripts set them per run) ---
+def env(name: str, default: str | None = None) -> str | None:
+    """The environment knob ``name``; every one gpubpe reads is listed here:
+
+    GPUBPE_CACHE_DIR    cache folder (see CACHE_DIR)
+    GPUBPE_KERNEL_DIR   folder of kernels/*.cu (default: in the package or the source tree)
+    GPUBPE_NVRTC        path of libnvrtc for the compile check (default: the pip wheel, CUDA_HOME)
+    GPUBPE_SIM_SEED     base seed of cuda-sim's shuffled schedules (default: random, printed on failure)
+    GPUBPE_SIM_ASAN     1/0: AddressSanitizer in cuda-sim (default: on where it builds)
+    CXX                 host compiler for cuda-sim (default g++)
+    CUDA_HOME/CUDA_PATH where to look for libnvrtc
+    """
+    if name not in _KNOBS:
+        raise KeyError(f"{name} is not a gpubpe environment knob (config.env lists them)")
+    return _os.environ.get(name) or default
+
+
+_KNOBS = {"GPUBPE_CACHE_DIR", "GPUBPE_KERNEL_DIR", "GPUBPE_NVRTC", "GPUBPE_SIM_SEED", "GPUBPE_SIM_ASAN", "CXX",
+          "CUDA_HOME", "CUDA_PATH"}

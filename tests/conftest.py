@@ -1,12 +1,12 @@
 import os
 import random
-from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
-from gpubpe import backends, config
+from gpubpe import config
+
+from ._helpers import merge_fn
 
 # Hypothesis profiles. 'ci' (what .ci/run selects) is derandomized: the same
 # examples every run, so CI cannot pass or fail by luck. 'random' (the default
@@ -32,7 +32,7 @@ def pytest_report_header(config):
     extra = f", seed {seed} (rerun with --hypothesis-seed={seed})" if PROFILE == "random" else ", derandomized"
     return f"hypothesis profile {PROFILE!r}{extra}"
 
-FIXTURES = Path(__file__).parent / "fixtures"
+
 
 # Every backend runs the same test bodies. 'cpu-numba' and 'cpu-python' are
 # the two engines of backend='cpu' (chosen by table size in real runs).
@@ -42,25 +42,6 @@ BACKENDS = [
     pytest.param("cuda-sim", id="cuda-sim"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
 ]
-
-
-def merge_fn(name: str):
-    """A callable (WordTable, num_merges) -> int32[n, 2] for backend ``name``."""
-    if name == "cpu-numba":
-        run = backends._cpu("numba")
-    elif name == "cpu-python":
-        run = backends._cpu("python")
-    else:
-        try:
-            run = backends.get(name)
-        except backends.BackendUnavailable as e:
-            pytest.skip(str(e))
-
-    def merge(table, num_merges):
-        merges, _ = run(table, num_merges, np.zeros(2, np.int64))
-        return np.asarray(merges)
-
-    return merge
 
 
 @pytest.fixture(params=BACKENDS)
@@ -84,8 +65,3 @@ def train_kwargs(backend_name, monkeypatch):
         return {"backend": "cpu"}
     merge_fn(backend_name)  # skips when unavailable
     return {"backend": backend_name}
-
-
-def max_examples(default: int) -> int:
-    """Hypothesis example counts stay bounded; GPUBPE_MAX_EXAMPLES raises them."""
-    return int(os.environ.get("GPUBPE_MAX_EXAMPLES", default))

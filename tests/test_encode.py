@@ -20,7 +20,7 @@ from gpubpe import Tokenizer, formats
 from gpubpe import encode as E
 from gpubpe.cli import main as cli_main
 
-from .conftest import FIXTURES
+from ._helpers import FIXTURES
 
 EOT = "<|endoftext|>"
 
@@ -270,14 +270,17 @@ def test_interrupt_stops_workers_and_removes_temp_file(tok, tmp_path, how):
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "gpubpe", "encode", str(corpus), str(fifo), "--tokenizer", str(d),
            "--out", str(outdir / "t.npy"), "--workers", "2", "-q"]
-    proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=subprocess.PIPE, start_new_session=True)
+    # stderr to a file: orphaned workers would hold a pipe open, and reading it would hang
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stderr=err, start_new_session=True)
     children = []
     header = len(E._npy_header(np.dtype(np.uint16), 0))
     try:
         parent = psutil.Process(proc.pid)
         deadline = time.monotonic() + 120  # a cold Numba cache compiles first
         while True:
-            assert proc.poll() is None, proc.stderr.read().decode()
+            assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "the encoding never got going"
             children = parent.children(recursive=True)
             tmp = list(outdir.glob(".t.npy.*.tmp"))
@@ -296,9 +299,8 @@ def test_interrupt_stops_workers_and_removes_temp_file(tok, tmp_path, how):
             os.killpg(proc.pid, signal.SIGINT)  # a terminal's Ctrl-C reaches the whole group
         proc.wait(timeout=30)
         elapsed = time.monotonic() - t0
-        stderr = proc.stderr.read().decode()
         assert elapsed < 10, f"took {elapsed:.1f} s to exit"
-        assert proc.returncode != 0, stderr
+        assert proc.returncode != 0, log.read_text()
         assert os.listdir(outdir) == [], "temporary or partial output left behind"
         time.sleep(0.2)
         assert [c.pid for c in children if _alive(psutil, c)] == [], "workers outlived the run"

@@ -14,7 +14,7 @@ import gpubpe
 from gpubpe import BPEModel, Tokenizer, formats
 from gpubpe.cli import main as cli_main
 
-from .conftest import FIXTURES
+from ._helpers import FIXTURES
 from .reference import gpt2_bytes_to_unicode
 
 EOT = "<|endoftext|>"

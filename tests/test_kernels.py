@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .conftest import max_examples
+from ._helpers import max_examples
 from gpubpe.backends.cuda import kernels as K
 
 EMPTY = int(K.EMPTY_KEY)

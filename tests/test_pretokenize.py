@@ -4,7 +4,6 @@ The oracle is ``regex.findall(GPT2, data.decode("utf-8", "surrogateescape"))``
 (tests/reference.py): lists of pre-tokens are compared, not just counts.
 """
 
-import importlib
 import random
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 import gpubpe
 from gpubpe import config
 
-from .conftest import FIXTURES, max_examples
+from ._helpers import FIXTURES, max_examples
 from .reference import GPT2, reference_merges_from_counts, reference_pretokens
 
 from gpubpe import corpus as C  # noqa: E402

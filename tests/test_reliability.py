@@ -4,7 +4,6 @@ defect of a hostile-user pass; each failed before its fix."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import signal
@@ -15,13 +14,10 @@ import threading
 import time
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import gpubpe
 from gpubpe import _files, backends, config, formats
@@ -30,13 +26,10 @@ from gpubpe import LongTokenWarning, TrainingStoppedEarly
 from gpubpe.cli import main as cli_main
 from gpubpe.model import UnicodeTableWarning
 
-from .conftest import max_examples
 from .reference import reference_merges_from_counts, reference_pretokens
 
 from gpubpe import corpus as C  # noqa: E402
-from gpubpe import patterns as PAT  # noqa: E402
-import gpubpe.pretok as PT  # noqa: E402
-from gpubpe.pretok import regex_engine as RE, tables as TB, unicode as U  # noqa: E402
+from gpubpe.pretok import regex_engine as RE  # noqa: E402
 EOT = "<|endoftext|>"
 
 

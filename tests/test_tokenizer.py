@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 import gpubpe
 from gpubpe import Tokenizer
 
-from .conftest import FIXTURES, max_examples
+from ._helpers import FIXTURES, max_examples
 from .reference import GPT2, gpt2_bytes_to_unicode, reference_pretokens, reference_train
 
 EOT = "<|endoftext|>"

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import gpubpe
 from gpubpe import backends
 from gpubpe.wordtable import WordTable
 
-from .conftest import FIXTURES, max_examples
+from ._helpers import FIXTURES, max_examples
 from .reference import gpt2_bytes_to_unicode, reference_merges_from_counts, reference_train
 
 EOT = "<|endoftext|>"
@@ -114,7 +113,7 @@ word_tables = st.dictionaries(
 @settings(max_examples=max_examples(60), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(counts=word_tables, n=st.integers(1, 60))
 def test_wordtable_merges_match_oracle(backend_name, counts, n):
-    from .conftest import merge_fn
+    from ._helpers import merge_fn
 
     got = merge_fn(backend_name)(WordTable.from_counts(counts), n)
     want = reference_merges_from_counts(counts, n)
@@ -139,7 +138,7 @@ wide_count_tables = st.dictionaries(
 def test_wordtable_wide_counts_match_oracle(backend_name, counts, n):
     """Counts over many orders of magnitude: the CPU heap admits pairs in count
     bands (see backends/cpu.py), and every band change must keep the order."""
-    from .conftest import merge_fn
+    from ._helpers import merge_fn
 
     got = merge_fn(backend_name)(WordTable.from_counts(counts), n)
     vocab = {i: bytes([i]) for i in range(256)}

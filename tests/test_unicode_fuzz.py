@@ -10,7 +10,6 @@ likely to lag the installed ``regex``), ASCII words, digits and contractions,
 every kind of whitespace, and bytes that are not UTF-8.
 """
 
-import importlib
 import random
 
 import numpy as np
@@ -23,12 +22,11 @@ import gpubpe
 from gpubpe import config
 from gpubpe.pretok import unicode as _unicode
 
-from .conftest import max_examples
+from ._helpers import max_examples
 
 from gpubpe import corpus as C  # noqa: E402
 from gpubpe import patterns as PAT  # noqa: E402
 import gpubpe.pretok as PT  # noqa: E402
-from gpubpe.pretok import regex_engine as RE, tables as TB, unicode as U  # noqa: E402
 GPT2 = PAT.GPT2_PATTERN
 EOT = "<|endoftext|>"
 

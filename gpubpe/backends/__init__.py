@@ -36,13 +36,8 @@ def _cpu(engine: str = "auto"):
 
 
 def _cuda(sim: bool):
-    try:
-        from . import cuda
-    except ImportError as e:  # the module itself or CuPy
-        raise BackendUnavailable(
-            f"backend={'cuda-sim' if sim else 'cuda'!r} is not available: {e}. "
-            "Use backend='cpu', or install CuPy (pip install 'gpubpe[cuda]') on a machine with a CUDA device."
-        ) from e
+    from . import cuda  # NumPy only at import; CuPy or the simulator load in make_backend
+
     return cuda.make_backend(sim=sim)
 
 

@@ -348,14 +348,7 @@ def make_backend(*, sim: bool):
             _sim.library()
         except _sim.CompilerUnavailable as e:
             raise BackendUnavailable(str(e)) from e
-    else:
-        try:
-            import cupy  # noqa: F401
-        except ImportError as e:
-            raise BackendUnavailable(
-                "backend='cuda' needs CuPy: pip install 'gpubpe[cuda]' on a machine with a CUDA device, "
-                "or use backend='cpu'"
-            ) from e
+    # backend='cuda' comes here only after backends.cuda_available() imported CuPy
 
     def run(table, num_merges, progress, *, max_token_length=None):
         if max_token_length is not None:

@@ -9,13 +9,14 @@ status slots and halt codes of ``kernels/common.cuh`` (checked by the tests).
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from ... import config
 
 # C parameter type (const and __restrict__ removed) -> (is_pointer, NumPy dtype)
 _CTYPES = {
@@ -40,7 +41,7 @@ MAX_BLOCK = 256  # as kernels/common.cuh sizes its shared arrays
 def kernel_dir() -> Path:
     """The folder holding ``*.cu``: ``gpubpe/kernels`` in a wheel, ``<repo>/kernels``
     in a source tree (editable install); ``GPUBPE_KERNEL_DIR`` overrides both."""
-    env = os.environ.get("GPUBPE_KERNEL_DIR")
+    env = config.env("GPUBPE_KERNEL_DIR")
     pkg = Path(__file__).resolve().parents[2]  # gpubpe/
     candidates = [Path(env)] if env else [pkg / "kernels", pkg.parent / "kernels"]
     for c in candidates:

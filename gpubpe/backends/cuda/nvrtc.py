@@ -14,7 +14,8 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from .catalogue import device_source, kernel_dir, nvrtc_options
+from ... import config
+from .catalogue import device_source, nvrtc_options
 
 
 class NvrtcUnavailable(RuntimeError):
@@ -23,7 +24,7 @@ class NvrtcUnavailable(RuntimeError):
 
 def _candidates() -> list[str]:
     out = []
-    env = os.environ.get("GPUBPE_NVRTC")
+    env = config.env("GPUBPE_NVRTC")
     if env:
         out.append(env)
     try:
@@ -33,7 +34,7 @@ def _candidates() -> list[str]:
             out += sorted(glob.glob(os.path.join(root, "lib", "libnvrtc.so*")))
     except ImportError:
         pass
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+    for home in (config.env("CUDA_HOME"), config.env("CUDA_PATH"), "/usr/local/cuda"):
         if home:
             out += sorted(glob.glob(os.path.join(home, "lib64", "libnvrtc.so*")))
     out += ["libnvrtc.so.12", "libnvrtc.so"]

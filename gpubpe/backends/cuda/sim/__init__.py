@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .... import config
+
 _HERE = Path(__file__).resolve().parent
 _lock = threading.RLock()  # re-entrant: a finalizer may run while held
 _lib = None
@@ -46,18 +48,13 @@ def seed() -> int:
     """The base seed of this process's shuffled schedules."""
     global _seed
     if _seed is None:
-        env = os.environ.get("GPUBPE_SIM_SEED")
+        env = config.env("GPUBPE_SIM_SEED")
         _seed = int(env) if env else random.SystemRandom().randrange(2**63)
     return _seed
 
 
 def _cache_dir() -> Path:
-    env = os.environ.get("GPUBPE_CACHE_DIR")
-    if env:
-        base = Path(env)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        base = Path(xdg) / "gpubpe" if xdg else Path.home() / ".cache" / "gpubpe"
+    base = Path(config.env("GPUBPE_CACHE_DIR") or config.CACHE_DIR)
     for d in (base / "sim", Path(tempfile.gettempdir()) / f"gpubpe-sim-{os.getuid()}"):
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -92,7 +89,7 @@ def generated_source() -> str:
 
 def _asan_wanted() -> bool | None:
     """True/False when GPUBPE_SIM_ASAN says so, None for the default (on when it builds)."""
-    env = os.environ.get("GPUBPE_SIM_ASAN")
+    env = config.env("GPUBPE_SIM_ASAN")
     return None if env is None or env == "" else env != "0"
 
 
@@ -121,7 +118,7 @@ def build() -> Path:
 def _build(*, asan: bool) -> Path:
     from ..catalogue import kernel_dir
 
-    cxx = os.environ.get("CXX", "g++")
+    cxx = config.env("CXX", "g++")
     if shutil.which(cxx) is None:
         raise CompilerUnavailable(
             f"the CUDA simulator needs a host C++ compiler and {cxx!r} was not found: "

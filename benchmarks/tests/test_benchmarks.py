@@ -1,5 +1,7 @@
 """The benchmark harness measures what it says: memory of worker trees, timeouts,
-RESULTS.md sections, document splitting for the anchors, and --check's verdicts."""
+RESULTS.md sections, document splitting for the anchors, and --check's verdicts.
+
+Not part of the product's suite: ``python -m pytest benchmarks/tests``."""
 
 import json
 import sys
@@ -7,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -164,7 +166,6 @@ def test_download_checksums_file_replaces_a_line(tmp_path):
         "https://m.example/datasets/roneneldan/TinyStories/resolve/main/")
 
 
-@pytest.mark.slow
 def test_bench_train_end_to_end(tmp_path):
     """Every installed tool trains the fixture to the asked vocab size; the section lands in RESULTS.md."""
     corpus = ROOT / "tests" / "fixtures" / "corpus.en"

@@ -1,0 +1,35 @@
+"""What the tests share besides fixtures: paths, backend runners, example counts."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gpubpe import backends
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def merge_fn(name: str):
+    """A callable (WordTable, num_merges) -> int32[n, 2] for backend ``name``."""
+    if name == "cpu-numba":
+        run = backends._cpu("numba")
+    elif name == "cpu-python":
+        run = backends._cpu("python")
+    else:
+        try:
+            run = backends.get(name)
+        except backends.BackendUnavailable as e:
+            pytest.skip(str(e))
+
+    def merge(table, num_merges):
+        merges, _ = run(table, num_merges, np.zeros(2, np.int64))
+        return np.asarray(merges)
+
+    return merge
+
+
+def max_examples(default: int) -> int:
+    """Hypothesis example counts stay bounded; GPUBPE_MAX_EXAMPLES raises them."""
+    return int(os.environ.get("GPUBPE_MAX_EXAMPLES", default))
