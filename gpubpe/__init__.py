@@ -7,11 +7,12 @@ The public API is the names below; everything else is internal.
 >>> model.save("tok/")  # doctest: +SKIP
 """
 
-from .trainer import LongTokenWarning, TrainingStoppedEarly, train, train_bpe
+from .trainer import LongTokenWarning, TrainingStoppedEarly, train, train_bpe, train_from_counts
 from .model import BPEModel, UnicodeTableWarning, load
 from .patterns import GPT2_PATTERN
 from .pretok import count_pretokens, pretokenize
 from .tokenizer import Tokenizer
+from .wordtable import WordTable
 
 __all__ = [
     "BPEModel",
@@ -25,6 +26,8 @@ __all__ = [
     "pretokenize",
     "train",
     "train_bpe",
+    "train_from_counts",
+    "WordTable",
 ]
 
 __version__ = "0.1.0"

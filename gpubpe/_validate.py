@@ -171,3 +171,28 @@ def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
     if len(regular) == len(paths) and sum(p.stat().st_size for p in regular) == 0:
         raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): give files that hold text")
     return paths, None
+
+
+def word_table(counts):
+    """A :class:`~gpubpe.wordtable.WordTable` from a WordTable or ``{pre-token: count}``."""
+    from .wordtable import WordTable
+
+    if isinstance(counts, WordTable):
+        return counts
+    if not hasattr(counts, "items"):
+        raise TypeError(f"word_counts must be a dict of pre-token -> count or a WordTable, got {type(counts).__name__}")
+    out: dict[bytes, int] = {}
+    for w, c in counts.items():
+        if isinstance(w, str):
+            w = w.encode("utf-8", "surrogateescape")
+        elif not isinstance(w, (bytes, bytearray)):
+            raise TypeError(f"word_counts keys must be bytes or str, got {type(w).__name__} ({w!r:.40})")
+        if not _int(c):
+            raise TypeError(f"word_counts values must be ints, got {type(c).__name__} for {w!r:.40}")
+        if c < 0:
+            raise ValueError(f"word_counts must not be negative, got {c} for {w!r:.40}")
+        if c and w:
+            out[bytes(w)] = out.get(bytes(w), 0) + int(c)
+    if not out:
+        raise ValueError("word_counts is empty: nothing to train on")
+    return WordTable.from_counts(out)

@@ -24,6 +24,17 @@ SMALL_TABLE_SYMBOLS = 200_000
 # 10 MB/s. Both give identical pre-tokens (tests/test_pretokenize.py).
 NUMBA_PRETOKENIZE_BYTES = 4 << 20
 
+# --- the Tokenizer (gpubpe/tokenizer.py) ---------------------------------
+# Pre-tokens longer than this are merged with a heap (O(n log n)) instead of
+# the rescan loop (O(n^2)); the rescan is faster on the short words that make
+# up nearly all text, the heap keeps a 1 MB run of spaces or digits linear-ish.
+TOKENIZER_HEAP_MIN_LEN = 48
+
+# The pre-token cache is cleared when it holds this many entries, which keeps
+# memory bounded on endless streams (a Zipfian corpus hits a few thousand
+# entries almost always, so clearing costs little).
+TOKENIZER_CACHE_MAX = 1 << 20
+
 # --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
 # Merges launched per read-back of the status. Larger batches amortize the
 # read-back (~10 us) and graph launch; the cost is at most one batch of no-op

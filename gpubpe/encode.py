@@ -33,7 +33,8 @@ from numba import njit
 
 from . import _validate, config
 from .corpus import input_size, iter_chunks
-from .tokenizer import Tokenizer
+from .tokenizer import _CACHE_MAX as _TOKENIZER_CACHE_MAX
+from .tokenizer import Tokenizer, _word_bytes
 
 
 @dataclass
@@ -158,14 +159,16 @@ class _ChunkEncoder:
             specials = tuple(s.encode("utf-8") for s in tok.special_tokens)
             self._special_re = _special_regex(specials) if specials else None
             self._special_id = {s.encode("utf-8"): i for s, i in tok.special_ids.items()}
-            self._pairs = _pair_table(tok)
-            self._byte_ids = np.asarray(tok._byte_ids, np.int64)
-            # byte length of each id: the heap loop finds a symbol's right
-            # neighbour from it, so it needs no linked list
-            self._tlen = np.zeros(tok.vocab_size, np.int64)
-            for i, b in tok.vocab.items():
-                self._tlen[i] = len(b)
             self.cache = _Cache()
+        else:
+            self._words: dict[str, list[int]] = {}
+        self._pairs = _pair_table(tok)
+        self._byte_ids = np.asarray(tok._byte_ids, np.int64)
+        # byte length of each id: the heap loop finds a symbol's right
+        # neighbour from it, so it needs no linked list
+        self._tlen = np.zeros(tok.vocab_size, np.int64)
+        for i, b in tok.vocab.items():
+            self._tlen[i] = len(b)
 
     def __reduce__(self):
         # for spawn (not Linux): rebuilt in the worker, not pickled with its cache
@@ -182,11 +185,13 @@ class _ChunkEncoder:
         self.encode(sample)
         if self.fast:
             self.cache = _Cache()
+        else:
+            self._words = {}
         return self
 
     def encode(self, data: bytes) -> np.ndarray:
         if not self.fast:
-            return np.array(self.tok.encode(data.decode("utf-8", "surrogateescape")), dtype=self.dtype)
+            return self._encode_regex(data)
         # the pieces between special tokens, and the special tokens themselves
         cuts = [0]
         sp_pos: list[int] = []
@@ -229,6 +234,46 @@ class _ChunkEncoder:
         _assemble(idx, starts, sp_pos_a, sp_ids_a, c.voff, c.vals, loff, lvals, out)
         return out
 
+    def _encode_regex(self, data: bytes) -> np.ndarray:
+        """Tokenizer.encode of the chunk, except that pre-tokens of _LONG_WORD
+        bytes or more go to the heap loop, and those of _UNCACHED_WORD or more
+        stay out of the cache: the tokenizer's own loop and cache would hold
+        them as Python objects, about 200 bytes per byte."""
+        tok = self.tok
+        text = data.decode("utf-8", "surrogateescape")
+        pieces = [text] if tok._special_split is None else tok._special_split(text)
+        cache = self._words
+        if len(cache) > _TOKENIZER_CACHE_MAX:
+            cache.clear()
+        parts: list[np.ndarray] = []
+        ids: list[int] = []
+        for k, piece in enumerate(pieces):
+            if k & 1:  # odd pieces are the captured special tokens
+                ids.append(tok.special_ids[piece])
+                continue
+            for word in tok._findall(piece):
+                got = cache.get(word)
+                if got is None:
+                    b = _word_bytes(word)
+                    if len(b) < _LONG_WORD:
+                        got = cache[word] = tok._bpe(b)
+                    else:
+                        long_ids = self._bpe_span(np.frombuffer(b, np.uint8), 0, len(b))
+                        if len(b) >= _UNCACHED_WORD:
+                            parts += [np.array(ids, self.dtype), long_ids.astype(self.dtype)]
+                            ids = []
+                            continue
+                        got = cache[word] = long_ids.tolist()
+                ids.extend(got)
+        parts.append(np.array(ids, self.dtype))
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _bpe_span(self, wbuf: np.ndarray, s: int, n: int) -> np.ndarray:
+        """The ids of the pre-token wbuf[s:s + n], by the heap loop."""
+        dt = _sym_dtype(n, self.tok.vocab_size)
+        sym = np.empty(n, dt)
+        return sym[: self._bpe_long(wbuf, s, n, sym, *_heap_scratch(n, dt))]
+
     def _merge_uncached(self, buf, starts, lens, idx):
         """The ids of the spans _lookup_insert left out of the cache (idx -1).
 
@@ -270,13 +315,10 @@ class _ChunkEncoder:
             w = _bpe_words(c.keys, c.koff, w, c.nwords, self._byte_ids, slots, keys, ranks, news, _LONG_WORD, c.vals, c.voff)
             if w < c.nwords:  # a long word: the heap loop
                 s = int(c.koff[w])
-                n = int(c.koff[w + 1]) - s
-                dt = _sym_dtype(n, self.tok.vocab_size)
-                sym = np.empty(n, dt)
-                m = self._bpe_long(c.keys, s, n, sym, *_heap_scratch(n, dt))
+                ids = self._bpe_span(c.keys, s, int(c.koff[w + 1]) - s)
                 v = int(c.voff[w])
-                c.vals[v : v + m] = sym[:m]
-                c.voff[w + 1] = v + m
+                c.vals[v : v + ids.shape[0]] = ids
+                c.voff[w + 1] = v + ids.shape[0]
                 w += 1
 
 

@@ -21,18 +21,12 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .corpus import iter_chunks
+from . import config
 from .model import BPEModel, assign_special_ids
 from .patterns import GPT2_PATTERN, resolve_pattern
 
-# Pre-tokens longer than this are merged with a heap (O(n log n)) instead of
-# the rescan loop (O(n^2)); the rescan is faster on the short words that make
-# up nearly all text, the heap keeps a 1 MB run of spaces or digits linear-ish.
-_HEAP_MIN_LEN = 48
-
-# The pre-token cache is cleared when it holds this many entries, which keeps
-# memory bounded on endless streams (a Zipfian corpus hits a few thousand
-# entries almost always, so clearing costs little).
-_CACHE_MAX = 1 << 20
+_HEAP_MIN_LEN = config.TOKENIZER_HEAP_MIN_LEN
+_CACHE_MAX = config.TOKENIZER_CACHE_MAX
 
 
 class Tokenizer:

@@ -1,4 +1,5 @@
-"""train() and the CS336 adapter: validate, count, build the WordTable, merge."""
+"""Training: validate, count into the WordTable, merge; from a corpus
+(:func:`train`), from counts (:func:`train_from_counts`), and the CS336 adapter."""
 
 from __future__ import annotations
 
@@ -133,12 +134,12 @@ def train_with_stats(
     max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
     paths, texts = _validate.inputs(inputs)
-    run = backends.get(backend)  # a missing device fails here, not after counting
+    backend, run = backends.select(backend)  # a missing device fails here, not after counting
     backends.check_options(backend, max_token_length=max_token_length)
     specials = special_bytes(specials_str)
     show = want_progress(progress)
 
-    # 2. pre-tokenize and count, streamed, in worker processes
+    # 2. pre-tokenize and count, streamed (threads on the GPT-2 path, processes on the regex path)
     t0 = time.perf_counter()
     nbytes = [0]
     read_bar = bar(show, total=input_size(paths), unit="B", unit_scale=True, desc="pre-tokenize")
@@ -156,16 +157,25 @@ def train_with_stats(
         raise ValueError("the input is empty: nothing to train on")
     t1 = time.perf_counter()
 
+    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
+                          pattern=pattern, max_token_length=max_token_length, show=show)
+    stats.input_bytes = nbytes[0]
+    stats.seconds_count = t1 - t0
+    return model, stats
+
+
+def _merge(table, *, vocab_size, special_tokens, backend, run, pattern, max_token_length, show):
+    """The merge loop over a WordTable, its memory sized by the merges that can
+    happen, and the model with what the run did (counting fields left zero)."""
     pretokens = int(table.counts.sum())
     pretoken_bytes = int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum())
-
-    # 3. the merge loop, its memory sized by the merges that can happen
-    requested = vocab_size - 256 - len(specials_str)
+    requested = vocab_size - 256 - len(special_tokens)
     num_merges = min(requested, table.max_merges())
+    t1 = time.perf_counter()
     merge_ids, ntokens = _run_merges(run, table, num_merges, show, max_token_length)
     t2 = time.perf_counter()
 
-    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), specials_str, pattern=pattern,
+    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), special_tokens, pattern=pattern,
                                     unicode=_unicode.table_id())
     longest = max((len(a) + len(b) for a, b in model.merges), default=1)
     if len(model.merges) >= requested:
@@ -179,27 +189,66 @@ def train_with_stats(
     if len(model.merges) < requested:
         warnings.warn(f"training stopped after {len(model.merges):,} of {requested:,} merges: {reason}; "
                       f"the vocabulary has {len(model.vocab):,} ids, not {vocab_size:,}",
-                      TrainingStoppedEarly, stacklevel=3)
+                      TrainingStoppedEarly, stacklevel=4)
     if longest > config.LONG_TOKEN_WARN_BYTES:
         warnings.warn(f"the longest token is {longest:,} bytes (a long run without a pre-token boundary); "
                       f"every export spells each token out: pass max_token_length= to cap "
-                      f"tokens", LongTokenWarning, stacklevel=3)
+                      f"tokens", LongTokenWarning, stacklevel=4)
     stats = TrainStats(
-        backend=backends.resolve(backend),
-        input_bytes=nbytes[0],
+        backend=backend,
+        input_bytes=0,
         pretokens=pretokens,
         unique_words=table.num_words,
         num_merges=len(model.merges),
         vocab_size=len(model.vocab),
         tokens=int(ntokens),
         pretoken_bytes=pretoken_bytes,
-        seconds_count=t1 - t0,
+        seconds_count=0.0,
         seconds_merge=t2 - t1,
         requested_merges=requested,
         stop_reason=reason,
         longest_token=longest,
     )
     return model, stats
+
+
+def train_from_counts(
+    word_counts,
+    *,
+    vocab_size: int,
+    special_tokens: Sequence[str] = (),
+    backend: str = "auto",
+    pattern: str = "gpt2",
+    progress: bool | None = None,
+    max_token_length: int | None = None,
+) -> BPEModel:
+    """Train from pre-token counts instead of a corpus: the merge loop alone.
+
+    word_counts:    ``{pre-token: count}`` (bytes or str keys, int counts > 0;
+                    what :func:`gpubpe.count_pretokens` returns, or counts made
+                    elsewhere and added up), or a :class:`gpubpe.WordTable`.
+                    Counts are additive, so counting can be split over files,
+                    processes or machines and merged first: the merges equal
+                    those of training on the whole corpus.
+    special_tokens: the special tokens the counts were made with (they cut the
+                    text and are not in the counts); they get the last ids.
+    pattern:        the pattern the counts were made with, recorded in the model.
+
+    Other options as in :func:`train`.
+
+    >>> counts = gpubpe.count_pretokens("corpus.txt", special_tokens=["<|endoftext|>"])  # doctest: +SKIP
+    >>> model = gpubpe.train_from_counts(counts, vocab_size=32000, special_tokens=["<|endoftext|>"])  # doctest: +SKIP
+    """
+    specials_str = _validate.special_tokens(special_tokens)
+    vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
+    backend = _validate.backend(backend)
+    max_token_length = _validate.max_token_length(max_token_length)
+    pattern = resolve_pattern(pattern)
+    table = _validate.word_table(word_counts)
+    name, run = backends.select(backend)
+    backends.check_options(name, max_token_length=max_token_length)
+    return _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=name, run=run,
+                  pattern=pattern, max_token_length=max_token_length, show=want_progress(progress))[0]
 
 
 def train(

@@ -166,18 +166,31 @@ def test_other_pattern_cuts_safely(tmp_path):
 LETTERS = bytes(c for c in (FIXTURES / "corpus.en").read_bytes() if c < 128 and chr(c).isalpha())
 
 
-def test_long_pretoken_exact_and_memory_bounded(tok, tmp_path):
+@pytest.fixture(params=["numba", "regex"])
+def engine(request, monkeypatch):
+    """Both engines of _ChunkEncoder: GPT-2's Numba path, and the regex path of other patterns."""
+    if request.param == "regex":
+        monkeypatch.setattr(E, "_fast_available", lambda tok: False)
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def letters_2mb(tok, tmp_path_factory):
+    n = 2_000_000
+    data = (LETTERS * (n // len(LETTERS) + 1))[:n]
+    src = tmp_path_factory.mktemp("letters") / "letters.txt"
+    src.write_bytes(data)
+    return src, np.asarray(tok.encode_bytes(data))
+
+
+def test_long_pretoken_exact_and_memory_bounded(tok, letters_2mb, tmp_path, engine):
     """2 MB of letters is one pre-token: same ids as Tokenizer.encode, in
     memory proportional to its length (the tokenizer's heap path takes about
     200 bytes per byte, in Python objects)."""
-    if not E._fast_available(tok):
-        pytest.skip("the Numba pre-tokenizer is not available")
-    n = 2_000_000
-    data = (LETTERS * (n // len(LETTERS) + 1))[:n]
-    src = tmp_path / "letters.txt"
-    src.write_bytes(data)
+    src, want = letters_2mb
+    n = src.stat().st_size
     warm = tmp_path / "warm.txt"  # compile the kernels outside the measurement
-    warm.write_bytes(data[:100_000])
+    warm.write_bytes(LETTERS[:100_000])
     E.encode_files(warm, tok, tmp_path / "warm.npy", workers=1, progress=False)
 
     out = tmp_path / "t.npy"
@@ -188,7 +201,7 @@ def test_long_pretoken_exact_and_memory_bounded(tok, tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 30 * n + (8 << 20), f"{peak / n:.1f} bytes per input byte"
-    np.testing.assert_array_equal(np.load(out), tok.encode_bytes(data))
+    np.testing.assert_array_equal(np.load(out), want)
 
 
 def _random_merges_tokenizer(seed: int) -> Tokenizer:
@@ -209,10 +222,8 @@ def _random_merges_tokenizer(seed: int) -> Tokenizer:
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_long_pretokens_with_any_merge_order(tmp_path, monkeypatch, seed):
+def test_long_pretokens_with_any_merge_order(tmp_path, monkeypatch, engine, seed):
     tok = _random_merges_tokenizer(seed)
-    if not E._fast_available(tok):
-        pytest.skip("the Numba pre-tokenizer is not available")
     monkeypatch.setattr(E, "_LONG_WORD", 40)
     monkeypatch.setattr(E, "_UNCACHED_WORD", 3000)
     rng = random.Random(seed)
@@ -228,10 +239,8 @@ def test_long_pretokens_with_any_merge_order(tmp_path, monkeypatch, seed):
     np.testing.assert_array_equal(np.load(out), tok.encode(src.read_text()))
 
 
-def test_long_pretokens_of_every_class(tok, tmp_path, monkeypatch):
+def test_long_pretokens_of_every_class(tok, tmp_path, monkeypatch, engine):
     """Runs of letters, digits, spaces, punctuation and CJK, cached (repeated) or not."""
-    if not E._fast_available(tok):
-        pytest.skip("the Numba pre-tokenizer is not available")
     monkeypatch.setattr(E, "_UNCACHED_WORD", 2000)
     runs = [LETTERS[:2500], b"1234567890" * 300, b" " * 2500, b"!?.,;" * 500, "日本語".encode() * 300,
             LETTERS[:1000], LETTERS[5000:5300]]

@@ -414,3 +414,35 @@ def test_pretokenize_and_count_api():
     assert gpubpe.count_pretokens(data, special_tokens=[EOT]) == dict(Counter(toks))
     with pytest.raises(TypeError, match="encode"):
         gpubpe.pretokenize("text")
+
+
+# ---------------------------------------------------------------------------
+# Training from counts: the WordTable seam, public
+# ---------------------------------------------------------------------------
+
+
+def test_train_from_counts_equals_training_on_the_corpus(tmp_path, train_kwargs):
+    data = _mixed_corpus(80)
+    whole = gpubpe.train(_write(tmp_path, data), vocab_size=400, special_tokens=[EOT], **train_kwargs)
+    # counted in two parts (split at a special token) and added up, as on two machines
+    cut = data.index(EOT.encode(), len(data) // 2)
+    a, b = data[:cut], data[cut + len(EOT):]
+    counts = Counter(gpubpe.count_pretokens(a, special_tokens=[EOT]))
+    counts.update(gpubpe.count_pretokens(b, special_tokens=[EOT]))
+    got = gpubpe.train_from_counts(counts, vocab_size=400, special_tokens=[EOT], **train_kwargs)
+    assert got.merges == whole.merges and got.vocab == whole.vocab
+    table = WordTable.from_counts(dict(counts))
+    assert gpubpe.train_from_counts(table, vocab_size=400, special_tokens=[EOT], **train_kwargs).merges == whole.merges
+    text_keys = {k.decode("utf-8", "surrogateescape"): v for k, v in counts.items()}
+    assert gpubpe.train_from_counts(text_keys, vocab_size=400, special_tokens=[EOT], **train_kwargs).merges == whole.merges
+
+
+def test_train_from_counts_checks_its_input():
+    with pytest.raises(TypeError, match="dict of pre-token"):
+        gpubpe.train_from_counts([b"ab"], vocab_size=300)
+    with pytest.raises(TypeError, match="ints"):
+        gpubpe.train_from_counts({b"ab": 1.5}, vocab_size=300)
+    with pytest.raises(ValueError, match="negative"):
+        gpubpe.train_from_counts({b"ab": -1}, vocab_size=300)
+    with pytest.raises(ValueError, match="empty"):
+        gpubpe.train_from_counts({}, vocab_size=300)

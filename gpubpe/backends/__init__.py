@@ -66,6 +66,12 @@ def check_options(name: str, *, max_token_length=None) -> None:
         )
 
 
+def select(name: str) -> tuple[str, Callable]:
+    """``(concrete name, backend)`` for ``name``: 'auto' resolved once."""
+    name = resolve(name)
+    return name, get(name)
+
+
 def get(name: str) -> Callable:
     name = resolve(name)
     if name == "cpu":
