@@ -33,7 +33,7 @@ def special_tokens(tokens) -> tuple[str, ...]:
 
 
 def vocab_size(size, n_special: int) -> int:
-    if not _int(size):
+    if not is_int(size):
         raise TypeError(f"vocab_size must be an int, got {type(size).__name__} ({size!r})")
     floor = 256 + n_special
     if size < floor:
@@ -58,7 +58,8 @@ def cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _int(n) -> bool:
+def is_int(n) -> bool:
+    """An integer that is not a bool (numpy integers included)."""
     return isinstance(n, numbers.Integral) and not isinstance(n, bool)
 
 
@@ -67,7 +68,7 @@ def workers(n) -> int:
     more threads or processes than cores only add tables and memory."""
     if n is None:
         return cores()
-    if not _int(n):
+    if not is_int(n):
         raise TypeError(f"workers must be an int or None (all cores), got {type(n).__name__} ({n!r})")
     if n < 1:
         raise ValueError(f"workers must be a positive int or None (all cores), got {n!r}")
@@ -82,7 +83,7 @@ def workers(n) -> int:
 def chunk_size(n) -> int:
     from . import config
 
-    if not _int(n):
+    if not is_int(n):
         raise TypeError(f"chunk_size must be an int (bytes), got {type(n).__name__} ({n!r})")
     if not 1 <= n <= config.MAX_CHUNK_SIZE:
         raise ValueError(f"chunk_size must be between 1 and {config.MAX_CHUNK_SIZE:,} bytes, got {n!r}")
@@ -92,7 +93,7 @@ def chunk_size(n) -> int:
 def max_token_length(n) -> int | None:
     if n is None:
         return None
-    if not _int(n):
+    if not is_int(n):
         raise TypeError(f"max_token_length must be an int (bytes) or None, got {type(n).__name__} ({n!r})")
     if n < 2:
         raise ValueError(f"max_token_length must be at least 2 bytes (a merge makes 2 bytes or more), got {n!r}")
@@ -171,28 +172,3 @@ def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
     if len(regular) == len(paths) and sum(p.stat().st_size for p in regular) == 0:
         raise ValueError(f"the input is empty ({', '.join(map(str, paths))}): give files that hold text")
     return paths, None
-
-
-def word_table(counts):
-    """A :class:`~gpubpe.wordtable.WordTable` from a WordTable or ``{pre-token: count}``."""
-    from .wordtable import WordTable
-
-    if isinstance(counts, WordTable):
-        return counts
-    if not hasattr(counts, "items"):
-        raise TypeError(f"word_counts must be a dict of pre-token -> count or a WordTable, got {type(counts).__name__}")
-    out: dict[bytes, int] = {}
-    for w, c in counts.items():
-        if isinstance(w, str):
-            w = w.encode("utf-8", "surrogateescape")
-        elif not isinstance(w, (bytes, bytearray)):
-            raise TypeError(f"word_counts keys must be bytes or str, got {type(w).__name__} ({w!r:.40})")
-        if not _int(c):
-            raise TypeError(f"word_counts values must be ints, got {type(c).__name__} for {w!r:.40}")
-        if c < 0:
-            raise ValueError(f"word_counts must not be negative, got {c} for {w!r:.40}")
-        if c and w:
-            out[bytes(w)] = out.get(bytes(w), 0) + int(c)
-    if not out:
-        raise ValueError("word_counts is empty: nothing to train on")
-    return WordTable.from_counts(out)

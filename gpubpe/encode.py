@@ -33,7 +33,6 @@ from numba import njit
 
 from . import _validate, config
 from .corpus import input_size, iter_chunks
-from .tokenizer import _CACHE_MAX as _TOKENIZER_CACHE_MAX
 from .tokenizer import Tokenizer, _word_bytes
 
 
@@ -243,7 +242,7 @@ class _ChunkEncoder:
         text = data.decode("utf-8", "surrogateescape")
         pieces = [text] if tok._special_split is None else tok._special_split(text)
         cache = self._words
-        if len(cache) > _TOKENIZER_CACHE_MAX:
+        if len(cache) > config.TOKENIZER_CACHE_MAX:  # the tokenizer's own bound
             cache.clear()
         parts: list[np.ndarray] = []
         ids: list[int] = []

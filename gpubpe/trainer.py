@@ -17,6 +17,7 @@ from .model import BPEModel
 from .corpus import input_size, iter_chunks, special_bytes
 from .patterns import resolve_pattern
 from .pretok import count_table, unicode as _unicode
+from .wordtable import WordTable
 
 
 class TrainingStoppedEarly(UserWarning):
@@ -244,7 +245,7 @@ def train_from_counts(
     backend = _validate.backend(backend)
     max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
-    table = _validate.word_table(word_counts)
+    table = _word_table(word_counts)
     name, run = backends.select(backend)
     backends.check_options(name, max_token_length=max_token_length)
     return _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=name, run=run,
@@ -306,6 +307,29 @@ def train(
         pattern=pattern,
         max_token_length=max_token_length,
     )[0]
+
+
+def _word_table(counts):
+    """A :class:`~gpubpe.wordtable.WordTable` from a WordTable or ``{pre-token: count}``."""
+    if isinstance(counts, WordTable):
+        return counts
+    if not hasattr(counts, "items"):
+        raise TypeError(f"word_counts must be a dict of pre-token -> count or a WordTable, got {type(counts).__name__}")
+    out: dict[bytes, int] = {}
+    for w, c in counts.items():
+        if isinstance(w, str):
+            w = w.encode("utf-8", "surrogateescape")
+        elif not isinstance(w, (bytes, bytearray)):
+            raise TypeError(f"word_counts keys must be bytes or str, got {type(w).__name__} ({w!r:.40})")
+        if not _validate.is_int(c):
+            raise TypeError(f"word_counts values must be ints, got {type(c).__name__} for {w!r:.40}")
+        if c < 0:
+            raise ValueError(f"word_counts must not be negative, got {c} for {w!r:.40}")
+        if c and w:
+            out[bytes(w)] = out.get(bytes(w), 0) + int(c)
+    if not out:
+        raise ValueError("word_counts is empty: nothing to train on")
+    return WordTable.from_counts(out)
 
 
 def train_bpe(input_path, vocab_size: int, special_tokens: list[str], **kwargs):
