@@ -115,6 +115,9 @@ class _Fail(Exception):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ._validate import BACKENDS
+    from .formats import FORMATS
+
     p = argparse.ArgumentParser(prog="gpubpe", description="Exact byte-level BPE tokenizer training, on a GPU or a CPU.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
                    help="a special token; repeat for several (longest match wins)")
     t.add_argument("--out", default="tokenizer", help="output directory (default ./tokenizer)")
-    t.add_argument("--backend", default="auto", choices=["auto", "cpu", "cuda", "cuda-sim"])
+    t.add_argument("--backend", default="auto", choices=BACKENDS)
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (default: all cores)")
     t.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX",
                    help="pre-tokenization: gpt2 (default, the fast path), cl100k, o200k, or a regex")
@@ -141,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and the native model.json.")
     e.add_argument("source", help="a directory written by `gpubpe train --out`, or a tokenizer file")
     e.add_argument("--out", required=True, help="output directory")
-    e.add_argument("--format", action="append", choices=["native", "hf", "gpt2", "tiktoken"],
+    e.add_argument("--format", action="append", choices=FORMATS,
                    help="a format to write; repeat for several (default: all)")
     e.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
                    help="special tokens, for a .tiktoken source (which holds none)")

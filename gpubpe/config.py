@@ -35,6 +35,30 @@ TOKENIZER_HEAP_MIN_LEN = 48
 # entries almost always, so clearing costs little).
 TOKENIZER_CACHE_MAX = 1 << 20
 
+# --- corpus encoding (gpubpe/encode.py) ----------------------------------
+# A worker starts a fresh cache past this many distinct pre-tokens (each
+# costs about 60 bytes with its ids): memory stays bounded on any corpus, and
+# the hit rate barely moves, since the frequent words come back at once.
+ENCODE_CACHE_WORDS = 2_000_000
+ENCODE_CACHE_BYTES = 1 << 30  # and past this many bytes of distinct pre-tokens
+
+# Pre-tokens at least this long skip the Numba rescan loop (O(n^2)) for the
+# heap loop (O(n log n)); they are rare (long runs of one class).
+ENCODE_LONG_WORD = 256
+
+# Pre-tokens at least this long are merged where they stand and never enter
+# the cache: one that long hardly ever comes back, and caching it would keep
+# its bytes and ids (9 bytes per byte) until the cache resets.
+ENCODE_UNCACHED_WORD = 1 << 16
+
+# The heap of a long pre-token holds n + n * ENCODE_HEAP_SLACK entries (8 bytes
+# each); when full, its stale entries are dropped. A larger slack means fewer
+# such passes (at most about 1 / ENCODE_HEAP_SLACK of them), a smaller one less memory.
+ENCODE_HEAP_SLACK = 0.25
+
+# Seconds a worker gets to exit after SIGTERM before it is killed.
+ENCODE_STOP_SECONDS = 2.0
+
 # --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
 # Merges launched per read-back of the status. Larger batches amortize the
 # read-back (~10 us) and graph launch; the cost is at most one batch of no-op

@@ -113,25 +113,11 @@ def _encode_chunk(data: bytes) -> np.ndarray:
     return _worker.encode(data)
 
 
-# A worker starts a fresh cache past this many distinct pre-tokens (each
-# costs about 60 bytes with its ids): memory stays bounded on any corpus, and
-# the hit rate barely moves, since the frequent words come back at once.
-_CACHE_WORDS = 2_000_000
-_CACHE_BYTES = 1 << 30  # and past this many bytes of distinct pre-tokens
-
-# Pre-tokens at least this long skip the Numba rescan loop (O(n^2)) for the
-# heap loop (O(n log n)); they are rare (long runs of one class).
-_LONG_WORD = 256
-
-# Pre-tokens at least this long are merged where they stand and never enter
-# the cache: one that long hardly ever comes back, and caching it would keep
-# its bytes and ids (9 bytes per byte) until the cache resets.
-_UNCACHED_WORD = 1 << 16
-
-# The heap of a long pre-token holds n + n * _HEAP_SLACK entries (8 bytes
-# each); when full, its stale entries are dropped. A larger slack means fewer
-# such passes (at most about 1 / _HEAP_SLACK of them), a smaller one less memory.
-_HEAP_SLACK = 0.25
+_CACHE_WORDS = config.ENCODE_CACHE_WORDS
+_CACHE_BYTES = config.ENCODE_CACHE_BYTES
+_LONG_WORD = config.ENCODE_LONG_WORD
+_UNCACHED_WORD = config.ENCODE_UNCACHED_WORD
+_HEAP_SLACK = config.ENCODE_HEAP_SLACK
 
 
 class _ChunkEncoder:
@@ -786,8 +772,7 @@ def _pool(workers: int, encoder: _ChunkEncoder):
                                initargs=(encoder, os.getpid()))
 
 
-# Seconds a worker gets to exit after SIGTERM before it is killed.
-_STOP_SECONDS = 2.0
+_STOP_SECONDS = config.ENCODE_STOP_SECONDS
 
 
 def _stop_pool(pool) -> None:
@@ -909,8 +894,8 @@ class _NpyWriter:
             fd, self.tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
         except PermissionError as e:
             raise PermissionError(
-                e.errno, f"cannot create a file in {str(out.parent)!r}, the directory of --out: "
-                "give --out in a directory you can write to"
+                e.errno, f"cannot create a file in {str(out.parent)!r}, the directory of the output: "
+                "write the output in a directory you can write to"
             ) from None
         self.f = os.fdopen(fd, "wb")
         self.header = _npy_header(dtype, 0)
@@ -990,17 +975,17 @@ def encode_files(
     paths = [_validate.input_path(x) for x in inputs]
     out = Path(out)
     if out.is_dir():
-        raise IsADirectoryError(f"--out {str(out)!r} is a directory: give a file name such as tokens.npy")
+        raise IsADirectoryError(f"the output {str(out)!r} is a directory: give a file name such as tokens.npy")
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"the directory of --out {str(out)!r} does not exist: create it first")
+        raise FileNotFoundError(f"the directory of the output {str(out)!r} does not exist: create it first")
     for p in paths:
         if _same_file(out, p):
             other = p.with_suffix(".npy") if p.suffix != ".npy" else p.with_name(p.stem + ".tokens.npy")
-            raise ValueError(f"--out {str(out)!r} is the input {str(p)!r}: the tokens would replace the text; "
-                             f"give --out a new file name, such as {str(other)!r}")
+            raise ValueError(f"the output {str(out)!r} is the input {str(p)!r}: the tokens would replace the text; "
+                             f"give the output a new file name, such as {str(other)!r}")
     if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"cannot create a file in {str(out.parent)!r}, the directory of --out: "
-                              "give --out in a directory you can write to")
+        raise PermissionError(f"cannot create a file in {str(out.parent)!r}, the directory of the output: "
+                              "write the output in a directory you can write to")
 
     from ._progress import bar as _bar, want_progress as _want_progress  # the trainer's look
 

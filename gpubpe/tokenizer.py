@@ -74,8 +74,10 @@ class Tokenizer:
                 raise TypeError(f"special tokens must be str, got {type(s).__name__} ({s!r})")
             if not s:
                 raise ValueError("special tokens must not be empty strings: remove '' from special_tokens")
-        # Each distinct special once, in the order given.
-        self.special_tokens: list[str] = list(dict.fromkeys(specials))
+        if len(set(specials)) != len(specials):
+            dup = next(t for t in specials if specials.count(t) > 1)
+            raise ValueError(f"special token {dup!r} is given twice: list each special token once")
+        self.special_tokens: list[str] = specials
 
         self.vocab, self.special_ids = assign_special_ids(self.vocab, self.special_tokens)
         # bytes -> lowest id holding them (the id encode produces)

@@ -1,5 +1,5 @@
 // The argmax: the pair to merge next, with the exact tie rule (DESIGN §1.4).
-// Loaded by gpubpe.backends._cuda_kernels.argmax_partial / argmax_final.
+// Loaded by gpubpe.backends.cuda.kernels.argmax_partial / argmax_final.
 //
 // Two launches per merge: argmax_partial reduces the table to one candidate
 // per block, argmax_final reduces the candidates in one block and commits the

@@ -1,6 +1,6 @@
 // Shared definitions for the merge-loop kernels (pair_table.cu, argmax.cu,
 // merge.cu, compact.cu). Included by each .cu; loaded through
-// gpubpe.backends._cuda_kernels (NVRTC on a device, g++ in the simulator).
+// gpubpe.backends.cuda.kernels (NVRTC on a device, g++ in the simulator).
 //
 // Only what both compilers accept is used here: plain C++ integer types,
 // global-memory atomics on int / unsigned long long, __syncthreads and

@@ -1,9 +1,9 @@
 // Compaction: drop removed symbols and words that can no longer change (one
 // live symbol left), so scans and the position pool shrink as merges proceed.
-// Loaded by gpubpe.backends._cuda_kernels.compact_mark / compact_scatter.
+// Loaded by gpubpe.backends.cuda.kernels.compact_mark / compact_scatter.
 // The exclusive scan between the two launches is CuPy's cumsum (NumPy's in
 // the simulator): a library scan is as fast as a custom one and runs rarely
-// (when removed symbols pass a fraction of the live ones, see config).
+// (when removed symbols pass config.CUDA_COMPACT_FRACTION of all positions).
 #include "common.cuh"
 
 // compact_mark

@@ -1,5 +1,5 @@
 // The merge pass and the incremental count update, four launches per merge.
-// Loaded by gpubpe.backends._cuda_kernels.mark_occurrences, remove_old_pairs,
+// Loaded by gpubpe.backends.cuda.kernels.mark_occurrences, remove_old_pairs,
 // apply_merges, add_new_pairs.
 //
 // Layout. Words are CSR spans of positions; inside the spans, the live symbols

@@ -1,5 +1,5 @@
 // Pair counting: the full (re)count of adjacent pairs into the pair table.
-// Loaded by gpubpe.backends._cuda_kernels.count_pairs.
+// Loaded by gpubpe.backends.cuda.kernels.count_pairs.
 //
 // The pair table is an open-addressing hash table, keys u64 (left << 32 |
 // right), counts int64, EMPTY_KEY = all ones, linear probing, capacity a power

@@ -138,9 +138,14 @@ def signatures() -> dict[str, KernelSig]:
     return _signatures(str(kernel_dir()))
 
 
+NVRTC_STD = "--std=c++14"  # the device loader and the compile check compile alike
+
+
 def nvrtc_options(arch: str | None = None) -> tuple[str, ...]:
-    """NVRTC options shared by the device loader and the compile test."""
-    opts = ("--std=c++14", f"--include-path={kernel_dir()}")
+    """NVRTC options of the compile check: the loader's standard, the kernel
+    folder for ``#include "common.cuh"`` (the loader pastes the header in
+    instead, see :func:`device_source`) and the target architecture."""
+    opts = (NVRTC_STD, f"--include-path={kernel_dir()}")
     return opts + ((f"--gpu-architecture={arch}",) if arch else ())
 
 

@@ -26,7 +26,7 @@ import numpy as np
 from .catalogue import (  # noqa: F401 (the status layout is part of the wrappers' API)
     _CTYPES, EMPTY_KEY, HALT_INTERNAL, HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, ST_A, ST_B, ST_DEAD, ST_DONE,
     ST_DROPPED, ST_ERR, ST_HALT, ST_NOCC, ST_OCC_START, ST_PENDING, ST_POOL_USED, ST_SIZE, ST_TOKBYTES, ST_USED,
-    MAX_BLOCK, KernelSig, device_source, kernel_dir, signatures,
+    MAX_BLOCK, NVRTC_STD, KernelSig, device_source, kernel_dir, signatures,
 )
 
 class DeviceLauncher:
@@ -67,7 +67,7 @@ def _device_module(path: str):
     import cupy
 
     # NVRTC runs here, once per file and process (and CuPy caches the binary on disk).
-    return cupy.RawModule(code=device_source(Path(path)), options=("--std=c++14",))
+    return cupy.RawModule(code=device_source(Path(path)), options=(NVRTC_STD,))
 
 
 class Kernels:
