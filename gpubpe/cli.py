@@ -27,7 +27,7 @@ def _check_out_dir(out: Path, flag: str = "--out") -> None:
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"gpubpe: warning: {message}", file=sys.stderr)
+    print(f"gpubpe: warning: {_flag_names(message)}", file=sys.stderr)
 
 
 def cmd_train(args) -> int:

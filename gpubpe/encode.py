@@ -32,7 +32,7 @@ import numpy as np
 from numba import njit
 
 from . import _validate, config
-from .corpus import input_size, iter_chunks
+from .corpus import input_size, iter_chunks, special_bytes
 from .tokenizer import Tokenizer, _word_bytes
 
 
@@ -141,7 +141,7 @@ class _ChunkEncoder:
 
             self._stage = unicode.tables()
             self._token_spans = token_spans
-            specials = tuple(s.encode("utf-8") for s in tok.special_tokens)
+            specials = special_bytes(tok.special_tokens)
             self._special_re = _special_regex(specials) if specials else None
             self._special_id = {s.encode("utf-8"): i for s, i in tok.special_ids.items()}
             self.cache = _Cache()
@@ -991,7 +991,7 @@ def encode_files(
 
     dtype = token_dtype(tokenizer.vocab_size)
     total = input_size(paths)
-    specials = tuple(s.encode("utf-8") for s in tokenizer.special_tokens)
+    specials = special_bytes(tokenizer.special_tokens)
     t0 = time.perf_counter()
     nbytes = 0
     bar = None
