@@ -389,16 +389,13 @@ tok = Tokenizer(vocab, [], ["{EOT}"])
 tok.encode("warm")
 rss = psutil.Process(os.getpid()).memory_info().rss
 resource.setrlimit(resource.RLIMIT_AS, (rss + 1_000_000, -1))
-try:
-    ids = tok.encode("hello {EOT} world")
-    print(len(ids))
-except MemoryError:
-    print("memoryerror")
+ids = tok.encode("hello {EOT} world")
+print(len(ids))
 """
     pytest.importorskip("psutil")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr  # a MemoryError is fine; an abort is not
-    assert r.stdout.strip() in ("13", "memoryerror")
+    assert r.returncode == 0, r.stderr  # neither an abort nor a MemoryError: encode allocates almost nothing
+    assert r.stdout.strip() == "13"
 
 
 def test_pattern_is_the_pretokenizers():
