@@ -127,23 +127,25 @@ def _manifest(files: dict[str, bytes], state: str) -> bytes:
     return json.dumps(doc, indent=1).encode("utf-8")
 
 
-def write_set(directory: str | os.PathLike, files: dict[str, bytes]) -> list[Path]:
+def write_set(directory: str | os.PathLike, files: dict[str, bytes], names: tuple[str, ...] = SET_NAMES) -> list[Path]:
     """Write ``{file name: bytes}`` into ``directory`` as one set (see the module doc).
 
+    ``names``: every file the kind of set may hold (a tokenizer's by default;
+    word counts have their own); those the new set lacks are removed.
     Returns the paths written, in the order given. The bytes are all made
     before this is called, so an error while building an export writes nothing.
     """
     d = Path(directory)
-    unknown = [n for n in files if n not in SET_NAMES]
+    unknown = [n for n in files if n not in names]
     if unknown:
-        raise ValueError(f"{unknown[0]!r} is not a tokenizer file name ({', '.join(SET_NAMES)})")
+        raise ValueError(f"{unknown[0]!r} is not one of this set's file names ({', '.join(names)})")
     check_writable(d)
-    own = set(SET_NAMES) | {MANIFEST}
+    own = set(names) | {MANIFEST}
     swappable = not d.exists() or (
         d.resolve() != Path.cwd().resolve() and not d.is_mount() and all(p.name in own for p in d.iterdir())
     )
     if not (swappable and _swap_in(d, files)):
-        _write_in_place(d, files)
+        _write_in_place(d, files, names)
     return [d / n for n in files]
 
 
@@ -187,13 +189,13 @@ def _write_temp_final(path: Path, data: bytes) -> None:
     os.chmod(path, file_mode())
 
 
-def _write_in_place(d: Path, files: dict[str, bytes]) -> None:
+def _write_in_place(d: Path, files: dict[str, bytes], names: tuple[str, ...]) -> None:
     temps: dict[str, Path] = {}
     try:
         for name, data in files.items():
             temps[name] = _write_temp(d, name, data)
         atomic_write_bytes(d / MANIFEST, _manifest(files, "writing"))
-        for name in SET_NAMES:
+        for name in names:
             if name not in files:
                 _unlink(d / name)
         for name, tmp in temps.items():

@@ -117,18 +117,45 @@ def no_utf16(head: bytes, path) -> None:
             )
 
 
+def expand_inputs(items) -> list[Path]:
+    """Paths for ``items``: files as given, ``-`` for standard input, every
+    file under a directory, and the matches of a glob pattern, each sorted by
+    name so that runs are deterministic. A pattern that matches nothing, or an
+    empty directory, is an error that names it."""
+    import glob
+
+    out: list[Path] = []
+    for item in items:
+        s = str(item)
+        if s == STDIN:
+            out.append(Path(STDIN))
+        elif Path(s).is_dir():
+            files = sorted(p for p in Path(s).rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(s).parts))
+            if not files:
+                raise FileNotFoundError(f"directory {s!r} holds no files")
+            out.extend(files)
+        elif not Path(s).exists() and any(c in s for c in "*?["):
+            files = sorted(Path(p) for p in glob.glob(s, recursive=True) if Path(p).is_file())
+            if not files:
+                raise FileNotFoundError(f"the pattern {s!r} matches no file")
+            out.extend(files)
+        else:
+            out.append(Path(s))
+    return out
+
+
 def input_path(p) -> Path:
-    if isinstance(p, str) and p == STDIN:
+    if str(p) == STDIN:
         return Path(STDIN)  # standard input: read as a stream, checked as it is read
     path = Path(p)
     if not path.exists():
         hint = ""
-        if isinstance(p, str) and ("\n" in p or " " in p) and len(p) > 40:
+        if ("\n" in str(p) or " " in str(p)) and len(str(p)) > 40:
             hint = " (to train on text in memory, pass an iterator of str, e.g. iter([text]))"
         raise FileNotFoundError(f"input file not found: {str(p)[:200]!r}{hint}")
-    if path.is_dir():
-        raise IsADirectoryError(f"input {str(p)!r} is a directory: pass the files in it, e.g. sorted(Path(dir).glob('*.txt'))")
-    if path.is_file():
+    compressed = path.suffix.lower() in (".gz", ".xz", ".bz2", ".zst", ".parquet")
+    if path.is_file() and not compressed:  # compressed text is checked once decompressed
         try:
             with open(path, "rb") as f:
                 no_utf16(f.read(4), p)
@@ -140,16 +167,17 @@ def input_path(p) -> Path:
 def inputs(src) -> tuple[list[Path] | None, Iterable[str] | None]:
     """Split the ``inputs`` argument into (paths, text iterable); exactly one is set.
 
-    A path is ``str`` or ``os.PathLike``; a list or tuple of those is several
-    files; any other iterable yields text. Every file is checked here, before
-    any reading.
+    A path is ``str`` or ``os.PathLike``: a file, ``-`` (standard input), a
+    directory (every file under it) or a glob pattern, each expanded sorted
+    (:func:`expand_inputs`); a list or tuple of those is several; any other
+    iterable yields text. Every file is checked here, before any reading.
     """
     if isinstance(src, (str, os.PathLike)):
-        paths = [input_path(src)]
+        paths = [input_path(p) for p in expand_inputs([src])]
     elif isinstance(src, (list, tuple)) and all(isinstance(x, (str, os.PathLike)) for x in src):
         if not src:
             raise ValueError("inputs is an empty list: give at least one file")
-        paths = [input_path(x) for x in src]
+        paths = [input_path(x) for x in expand_inputs(src)]
     elif isinstance(src, bytes):
         raise TypeError("inputs must be a path, a list of paths, or an iterable of str, not bytes: decode it, or write it to a file")
     elif hasattr(src, "__iter__"):

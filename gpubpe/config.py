@@ -83,6 +83,9 @@ LONG_TOKEN_WARN_BYTES = 1 << 20
 # 10**12 chunk fails only when the read asks for it.
 MAX_CHUNK_SIZE = 1 << 32
 
+# Rows per batch when reading Parquet (memory: one batch of text at a time).
+PARQUET_BATCH_ROWS = 8192
+
 # Files are read in blocks of at most this many bytes, whatever chunk_size is
 # (chunks are assembled from blocks at safe cuts).
 READ_BLOCK = 64 << 20

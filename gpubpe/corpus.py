@@ -280,20 +280,158 @@ def _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes) -> Iterator[
 # ---------------------------------------------------------------------------
 
 
-def read_blocks(path, block_size: int) -> Iterator[bytes]:
-    """The bytes of ``path`` (``-``: standard input, a pipe works too) in blocks;
-    a UTF-16 or UTF-32 byte-order mark at the start is refused."""
-    f = sys.stdin.buffer if str(path) == STDIN else open(path, "rb")
+# Between documents that arrive as records (JSONL lines, Parquet rows, the
+# strings of a batch): a byte that no UTF-8 encoding of a str holds, cut like
+# a special token and never counted, so no pre-token spans two records.
+DOC_SEP = b"\xff"
+
+_COMPRESSED = (".gz", ".xz", ".bz2", ".zst")
+_JSONL = (".jsonl", ".ndjson", ".json")
+_PARQUET = (".parquet",)
+
+
+def _kind(path: Path) -> tuple[str, str]:
+    """(``text``, ``jsonl`` or ``parquet``; the compression suffix or '')."""
+    suffixes = [x.lower() for x in Path(path).suffixes]
+    comp = suffixes[-1] if suffixes and suffixes[-1] in _COMPRESSED else ""
+    inner = suffixes[-2] if comp and len(suffixes) > 1 else (suffixes[-1] if suffixes and not comp else "")
+    if inner in _JSONL:
+        return "jsonl", comp
+    if inner in _PARQUET:
+        return "parquet", comp
+    return "text", comp
+
+
+def is_records(path) -> bool:
+    """Whether ``path`` holds records (JSONL, Parquet): one document each."""
+    return str(path) != STDIN and _kind(Path(path))[0] != "text"
+
+
+def open_input(path):
+    """``path`` as a binary file object, decompressed by its extension
+    (``.gz``, ``.xz``, ``.bz2`` with the standard library; ``.zst`` with
+    ``zstandard``); ``-`` is standard input."""
+    if str(path) == STDIN:
+        return sys.stdin.buffer
+    comp = _kind(Path(path))[1]
+    if comp == ".gz":
+        import gzip
+
+        return gzip.open(path, "rb")
+    if comp == ".xz":
+        import lzma
+
+        return lzma.open(path, "rb")
+    if comp == ".bz2":
+        import bz2
+
+        return bz2.open(path, "rb")
+    if comp == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise ImportError(f"{str(path)!r} is zstd-compressed: pip install zstandard (or 'gpubpe[formats]')") from None
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def read_blocks(path, block_size: int, digest=None) -> Iterator[bytes]:
+    """The bytes of ``path`` (decompressed; ``-``: standard input, a pipe works
+    too) in blocks; a UTF-16 or UTF-32 byte-order mark at the start is
+    refused. ``digest``: a hashlib object that sees the bytes as read."""
+    f = open_input(path)
     try:
         first = True
         while block := f.read(block_size):
             if first:
                 first = False
                 _validate.no_utf16(block[:4], path)
+            if digest is not None:
+                digest.update(block)
             yield block
     finally:
         if f is not sys.stdin.buffer:
             f.close()
+
+
+def _doc_bytes(text, where: str) -> bytes:
+    if not isinstance(text, str):
+        raise TypeError(f"{where}: the text is a {type(text).__name__}, not a string")
+    b = text.encode("utf-8", "surrogateescape")
+    if DOC_SEP in b:
+        raise ValueError(f"{where}: the text holds an escaped byte 0xff, which cannot be told from a record boundary")
+    return b
+
+
+def iter_records(path, *, text_field: str = "text", text_column: str = "text") -> Iterator[bytes]:
+    """The documents of a JSONL or Parquet file, as UTF-8 bytes, in order.
+
+    A line that is not JSON, a record without the field, a value that is not
+    a string, a Parquet file without the column: a ``ValueError`` naming the
+    file and the line or row, never a silent skip. Blank JSONL lines are skipped.
+    """
+    kind = _kind(Path(path))[0]
+    if kind == "jsonl":
+        import json
+
+        with open_input(path) as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError as e:
+                    raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+                if not isinstance(rec, dict) or text_field not in rec:
+                    raise ValueError(f"{path}:{n}: no field {text_field!r} (give the field that holds the text)")
+                yield _doc_bytes(rec[text_field], f"{path}:{n}: field {text_field!r}")
+        return
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError(f"{str(path)!r} is Parquet: pip install pyarrow (or 'gpubpe[formats]')") from None
+    pf = pq.ParquetFile(path)
+    if text_column not in pf.schema_arrow.names:
+        raise ValueError(f"{path}: no column {text_column!r} (it has {', '.join(pf.schema_arrow.names)[:200]})")
+    row = 0
+    for batch in pf.iter_batches(columns=[text_column], batch_size=config.PARQUET_BATCH_ROWS):
+        for value in batch.column(0).to_pylist():
+            yield _doc_bytes(value, f"{path}: row {row}, column {text_column!r}")
+            row += 1
+
+
+def _record_blocks(path, block_size: int, **fields) -> Iterator[bytes]:
+    """A record file as blocks of documents joined by :data:`DOC_SEP`."""
+    pending: list[bytes] = []
+    size = 0
+    for doc in iter_records(path, **fields):
+        pending.append(doc)
+        size += len(doc) + 1
+        if size >= block_size:
+            yield DOC_SEP.join(pending) + DOC_SEP
+            pending, size = [], 0
+    if pending:
+        yield DOC_SEP.join(pending)
+
+
+def peek_batches(texts: Iterable) -> tuple[Iterator, bool]:
+    """``(texts, batches)``: the same items, and whether they are batches
+    (``list[str]``, each string a document) rather than one stream of str."""
+    import itertools
+
+    it = iter(texts)
+    first = next(it, None)
+    if first is None:
+        return iter(()), False
+    return itertools.chain([first], it), isinstance(first, (list, tuple))
+
+
+def count_specials(specials: tuple[bytes, ...], paths, batches: bool = False) -> tuple[bytes, ...]:
+    """The special tokens counting must cut at: the user's, plus
+    :data:`DOC_SEP` where documents arrive as records or batches."""
+    if batches or (paths is not None and any(is_records(p) for p in paths)):
+        return specials + (DOC_SEP,)
+    return specials
 
 
 def iter_chunks(
@@ -304,27 +442,65 @@ def iter_chunks(
     on_bytes: Callable[[int], None] | None = None,
     *,
     pattern: str = GPT2_PATTERN,
+    text_field: str = "text",
+    text_column: str = "text",
+    manifest: list | None = None,
 ) -> Iterator[bytes]:
     """Yield the input as chunks of about ``chunk_size`` bytes, each cut safely for ``pattern``.
 
     Each file is a document of its own (no pre-token spans two files), so the
-    order of files does not matter. A text iterable is one stream: its strings
-    are joined, as the lines of a file are.
+    order of files does not matter; so is each record of a JSONL or Parquet
+    file (``text_field`` / ``text_column`` hold the text), joined by
+    :data:`DOC_SEP`, which the counting must then cut at too
+    (:func:`count_specials`). A text iterable is one stream: its strings are
+    joined, as the lines of a file are; an iterable of ``list[str]`` (batches)
+    makes each string a document. ``manifest``: a list that gets
+    ``{"path", "size", "blake2b"}`` of each file read (the bytes as stored, or
+    decompressed for a compressed file).
     """
 
     if paths is not None:
+        import hashlib
+
         block_size = min(chunk_size, config.READ_BLOCK)
         for path in paths:
-            yield from cut_stream(read_blocks(path, block_size), specials, chunk_size, on_bytes, pattern=pattern)
+            size = [0]
+
+            def counted(n, size=size):
+                size[0] += n
+                if on_bytes is not None:
+                    on_bytes(n)
+
+            if is_records(path):
+                digest = hashlib.blake2b(digest_size=16) if manifest is not None else None
+                if digest is not None:
+                    with open(path, "rb") as f:  # the file as stored: what a manifest identifies
+                        while b := f.read(1 << 20):
+                            digest.update(b)
+                blocks = _record_blocks(path, block_size, text_field=text_field, text_column=text_column)
+                yield from cut_stream(blocks, specials + (DOC_SEP,), chunk_size, counted, pattern=pattern)
+            else:
+                digest = hashlib.blake2b(digest_size=16) if manifest is not None else None
+                yield from cut_stream(read_blocks(path, block_size, digest), specials, chunk_size, counted,
+                                      pattern=pattern)
+            if manifest is not None:
+                manifest.append({"path": str(path), "size": size[0], "blake2b": digest.hexdigest()})
     else:
+
+        texts, batches = peek_batches(texts)
 
         def encode():
             pending: list[bytes] = []
             size = 0
             for t in texts:
-                if not isinstance(t, str):
-                    raise TypeError(f"text inputs must be str, got {type(t).__name__}")
-                b = t.encode("utf-8", "surrogateescape")
+                if isinstance(t, (list, tuple)) != batches:
+                    raise TypeError("text inputs mix str and lists of str: give one stream of str, or batches only")
+                if batches:  # each string a document
+                    b = DOC_SEP.join(_doc_bytes(x, "a text batch") for x in t) + DOC_SEP
+                elif isinstance(t, str):
+                    b = t.encode("utf-8", "surrogateescape")
+                else:
+                    raise TypeError(f"text inputs must be str or lists of str (batches), got {type(t).__name__}")
                 pending.append(b)
                 size += len(b)
                 if size >= chunk_size:

@@ -14,7 +14,7 @@ import numpy as np
 from . import _validate, backends, config
 from ._progress import bar, want_progress
 from .model import BPEModel
-from .corpus import input_size, iter_chunks, special_bytes
+from .corpus import count_specials, input_size, iter_chunks, peek_batches, special_bytes
 from .patterns import resolve_pattern
 from .pretok import count_table, unicode as _unicode
 from .wordtable import WordTable
@@ -124,6 +124,8 @@ def train_with_stats(
     progress: bool | None = None,
     pattern: str = "gpt2",
     max_token_length: int | None = None,
+    text_field: str = "text",
+    text_column: str = "text",
 ) -> tuple[BPEModel, TrainStats]:
     """:func:`train`, also returning what the run did (:class:`TrainStats`)."""
     # 1. validate everything before reading a byte
@@ -135,6 +137,9 @@ def train_with_stats(
     max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
     paths, texts = _validate.inputs(inputs)
+    batches = False
+    if texts is not None:
+        texts, batches = peek_batches(texts)
     backend, run = backends.select(backend)  # a missing device fails here, not after counting
     backends.check_options(backend, max_token_length=max_token_length)
     specials = special_bytes(specials_str)
@@ -150,8 +155,10 @@ def train_with_stats(
         if read_bar is not None:
             read_bar.update(n)
 
-    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern)
-    table = count_table(chunks, specials, workers=nworkers, pattern=pattern)  # the WordTable: the backend seam
+    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern,
+                         text_field=text_field, text_column=text_column)
+    # the WordTable: the backend seam
+    table = count_table(chunks, count_specials(specials, paths, batches), workers=nworkers, pattern=pattern)
     if read_bar is not None:
         read_bar.close()
     if nbytes[0] == 0:
@@ -263,12 +270,18 @@ def train(
     progress: bool | None = None,
     pattern: str = "gpt2",
     max_token_length: int | None = None,
+    text_field: str = "text",
+    text_column: str = "text",
 ) -> BPEModel:
     """Train a byte-level BPE tokenizer with the CS336 rules, exactly.
 
-    inputs:         a path, a list of paths, or an iterable of str (one stream,
-                    joined like the lines of a file). Each file is a document of
-                    its own.
+    inputs:         a path (a file, ``-`` for standard input, a directory, a glob;
+                    plain or ``.gz``/``.xz``/``.bz2``/``.zst`` text, JSONL,
+                    Parquet), a list of paths, an iterable of str (one stream,
+                    joined like the lines of a file) or of ``list[str]``
+                    (batches: each string a document), or word counts
+                    (:class:`gpubpe.WordCounts`, or a list of them, merged).
+                    Each file, record and batch string is a document of its own.
     vocab_size:     256 bytes + merges + special tokens. Fewer merges are made
                     when no pair is left.
     special_tokens: cut the input (longest first), never merge, get the last ids.
@@ -283,6 +296,8 @@ def train(
                     'cl100k', 'o200k' (tiktoken's patterns) or any regex for the
                     `regex` package (slower, same results as regex.findall). The
                     model stores the regex itself.
+    text_field:     the JSONL field that holds the text (default ``text``).
+    text_column:    the Parquet column that holds the text (default ``text``).
     max_token_length: None (default: exact, no cap) or the most bytes a merged
                     token may hold: a pair whose token would be longer is never
                     merged (everything else, ties included, unchanged).
@@ -306,6 +321,8 @@ def train(
         progress=progress,
         pattern=pattern,
         max_token_length=max_token_length,
+        text_field=text_field,
+        text_column=text_column,
     )[0]
 
 

@@ -289,8 +289,11 @@ def test_bad_inputs(tmp_path, no_counting):
     good = _write(tmp_path, b"hello")
     with pytest.raises(FileNotFoundError, match="not found"):
         gpubpe.train([good, tmp_path / "missing.txt"], vocab_size=300)
-    with pytest.raises(IsADirectoryError, match="directory"):
-        gpubpe.train(tmp_path, vocab_size=300)
+    (tmp_path / "nothing").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no files"):
+        gpubpe.train(tmp_path / "nothing", vocab_size=300)
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        gpubpe.train(str(tmp_path / "*.none"), vocab_size=300)
     with pytest.raises(ValueError, match="empty"):
         gpubpe.train(_write(tmp_path, b"", "empty.txt"), vocab_size=300)
     with pytest.raises(ValueError, match="empty list"):

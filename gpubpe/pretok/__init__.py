@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from .. import _validate, config
-from ..corpus import cut_stream, iter_chunks, piece_bounds, special_bytes, split_specials
+from ..corpus import count_specials, cut_stream, peek_batches, iter_chunks, piece_bounds, special_bytes, split_specials
 from ..patterns import is_gpt2, resolve_pattern
 from . import unicode
 from .regex_engine import count_regex, findall_piece
@@ -128,11 +128,15 @@ def count_pretokens(
     workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     pattern: str = "gpt2",
+    text_field: str = "text",
+    text_column: str = "text",
 ) -> dict[bytes, int]:
     """Count the unique pre-tokens of ``source``: ``{pre-token bytes: count}``.
 
-    ``source`` is bytes, a path, a list of paths, or an iterable of str (one
-    stream). Special tokens cut the input and are not counted. ``workers``:
+    ``source`` is bytes, a path (a file, ``-``, a directory or a glob; text,
+    ``.gz``/``.xz``/``.bz2``/``.zst``, JSONL with ``text_field``, Parquet with
+    ``text_column``), a list of paths, or an iterable of str (one stream) or
+    of ``list[str]`` (each string a document). Special tokens cut the input and are not counted. ``workers``:
     threads (GPT-2 pattern) or processes (other patterns); None is all cores.
     ``chunk_size``: bytes read and counted at a time; memory is a few chunks
     plus the unique pre-tokens, and the result does not depend on it (where
@@ -152,6 +156,11 @@ def count_pretokens(
         chunks = cut_stream(blocks, specials, chunk_size, pattern=pattern)
     else:
         paths, texts = _validate.inputs(source)
-        chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern)
+        batches = False
+        if texts is not None:
+            texts, batches = peek_batches(texts)
+        chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern,
+                             text_field=text_field, text_column=text_column)
+        specials = count_specials(specials, paths, batches)
     counted = count(chunks, specials, workers=nworkers, pattern=pattern)
     return counted if isinstance(counted, dict) else counted.to_dict()
