@@ -8,6 +8,7 @@ The public API is the names below; everything else is internal.
 """
 
 from .trainer import LongTokenWarning, TrainingStoppedEarly, train, train_bpe, train_from_counts
+from .counts import WordCounts, count
 from .model import BPEModel, UnicodeTableWarning, load
 from .patterns import GPT2_PATTERN
 from .pretok import count_pretokens, pretokenize
@@ -21,6 +22,8 @@ __all__ = [
     "Tokenizer",
     "TrainingStoppedEarly",
     "UnicodeTableWarning",
+    "WordCounts",
+    "count",
     "count_pretokens",
     "load",
     "pretokenize",

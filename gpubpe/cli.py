@@ -36,7 +36,13 @@ def cmd_train(args) -> int:
     out = Path(args.out)
     _check_out_dir(out)
     specials = args.special_token
-    if args.inputs:
+    if args.counts:
+        if args.inputs:
+            raise _Fail("give either input files or --counts, not both")
+        from .counts import load_all
+
+        inputs = load_all(args.counts)
+    elif args.inputs:
         inputs = args.inputs
     else:
         inputs = default_corpus_text()
@@ -54,6 +60,8 @@ def cmd_train(args) -> int:
         pattern=args.pattern,
         progress=False if args.quiet else None,
         max_token_length=args.max_token_length,
+        text_field=args.text_field,
+        text_column=args.text_column,
     )
     written = save_all(model, out)
     if not args.quiet:
@@ -100,6 +108,37 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_count(args) -> int:
+    import time
+
+    from ._files import check_writable
+    from .counts import count, dask_client
+
+    out = Path(args.out)
+    check_writable(out, "--out directory")
+    client = dask_client(args.dask) if args.dask else None
+    t = time.perf_counter()
+    try:
+        wc = count(args.inputs, special_tokens=args.special_token, pattern=args.pattern, workers=args.workers,
+                   executor=client, buckets=args.buckets, text_field=args.text_field, text_column=args.text_column)
+    finally:
+        if client is not None:
+            cluster = getattr(client, "cluster", None)
+            client.close()
+            if cluster is not None and args.dask.startswith("local"):
+                cluster.close()
+    seconds = time.perf_counter() - t
+    wc.save(out)
+    if not args.quiet:
+        nbytes = sum(int(i.get("size", 0)) for i in wc.meta["inputs"])
+        where = f"on Dask ({args.dask})" if args.dask else "in this process"
+        print(f"inputs         {len(wc.meta['inputs']):,} file(s), {nbytes:,} bytes, counted {where}", file=sys.stderr)
+        print(f"pre-tokens     {wc.pretokens:,} ({wc.num_words:,} unique)", file=sys.stderr)
+        print(f"time           {seconds:.2f} s ({nbytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)", file=sys.stderr)
+        print(f"wrote          {out}", file=sys.stderr)
+    return 0
+
+
 def cmd_encode(args) -> int:
     from .encode import encode_files
 
@@ -108,6 +147,12 @@ def cmd_encode(args) -> int:
     if not args.quiet:
         print(stats.summary(), file=sys.stderr)
     return 0
+
+
+def _record_options(p) -> None:
+    p.add_argument("--text-field", default="text", metavar="FIELD", help="the JSONL field holding the text (default text)")
+    p.add_argument("--text-column", default="text", metavar="COLUMN",
+                   help="the Parquet column holding the text (default text)")
 
 
 class _Fail(Exception):
@@ -132,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (default: all cores)")
     t.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX",
                    help="pre-tokenization: gpt2 (default, the fast path), cl100k, o200k, or a regex")
+    t.add_argument("--counts", action="append", default=[], metavar="DIR",
+                   help="train from word counts written by `gpubpe count --out DIR`; repeat to merge several")
+    _record_options(t)
     t.add_argument("--max-token-length", type=int, default=None, metavar="BYTES",
                    help="never merge a pair whose token would exceed BYTES (default: no cap, exact)")
     t.add_argument("-q", "--quiet", action="store_true",
@@ -150,6 +198,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="special tokens, for a .tiktoken source (which holds none)")
     e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     e.set_defaults(func=cmd_export)
+
+    n = sub.add_parser("count", help="count pre-tokens into a word-counts directory",
+                       description="Count the unique pre-tokens of a corpus (exact int64 counts) into a directory "
+                                   "that `gpubpe train --counts` trains from; counts of several parts add up.")
+    n.add_argument("inputs", nargs="+", help="files, directories, glob patterns or - (as for train)")
+    n.add_argument("--out", required=True, help="output directory")
+    n.add_argument("--special-token", action="append", default=[], metavar="TOKEN", help="a special token; repeat")
+    n.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX", help="as for train")
+    n.add_argument("--workers", type=int, default=None, help="threads or processes here (default: all cores)")
+    n.add_argument("--dask", default=None, metavar="ADDRESS",
+                   help="count on a Dask cluster: tcp://scheduler:8786, or local / local:N for a LocalCluster")
+    n.add_argument("--buckets", type=int, default=None, help="reduce tasks on Dask (default: 2 per file, at most 64)")
+    _record_options(n)
+    n.add_argument("-q", "--quiet", action="store_true", help="no summary")
+    n.set_defaults(func=cmd_count)
 
     c = sub.add_parser("encode", help="encode a corpus to a token array (.npy)",
                        description="Encode text files to one token array: uint16 when the vocab fits, else "
@@ -185,6 +248,8 @@ def main(argv=None) -> int:
         except _Fail as e:
             print(f"gpubpe: {e}", file=sys.stderr)
         except backends.BackendUnavailable as e:
+            print(f"gpubpe: {e}", file=sys.stderr)
+        except ImportError as e:  # an optional dependency (pyarrow, zstandard, dask): the message says what to install
             print(f"gpubpe: {e}", file=sys.stderr)
         except MemoryError:
             print("gpubpe: out of memory: use fewer --workers, a smaller --vocab-size or a machine with more memory",

@@ -128,6 +128,13 @@ def train_with_stats(
     text_column: str = "text",
 ) -> tuple[BPEModel, TrainStats]:
     """:func:`train`, also returning what the run did (:class:`TrainStats`)."""
+    from .counts import WordCounts
+
+    if isinstance(inputs, WordCounts) or (
+        isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, WordCounts) for x in inputs)
+    ):
+        return _train_counts(inputs, vocab_size=vocab_size, special_tokens=special_tokens, backend=backend,
+                             progress=progress, pattern=pattern, max_token_length=max_token_length)
     # 1. validate everything before reading a byte
     specials_str = _validate.special_tokens(special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
@@ -168,6 +175,36 @@ def train_with_stats(
     model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
                           pattern=pattern, max_token_length=max_token_length, show=show)
     stats.input_bytes = nbytes[0]
+    stats.seconds_count = t1 - t0
+    return model, stats
+
+
+def _train_counts(counts, *, vocab_size, special_tokens, backend, progress, pattern, max_token_length):
+    """Training from :class:`~gpubpe.WordCounts` (several are merged first):
+    the counts' pattern and special tokens are the model's; asking for others
+    is an error, since the counts cannot be re-cut."""
+    from .counts import WordCounts
+
+    t0 = time.perf_counter()
+    wc = WordCounts.merge(counts if isinstance(counts, (list, tuple)) else [counts])
+    specials_str = _validate.special_tokens(special_tokens)
+    if specials_str and list(specials_str) != wc.special_tokens:
+        raise ValueError(f"the counts were made with special tokens {wc.special_tokens}, not {list(specials_str)}: "
+                         "count again with these, or leave special_tokens out")
+    if pattern != "gpt2" and resolve_pattern(pattern) != wc.pattern:
+        raise ValueError("the counts were made with another pattern: count again with this one, or leave pattern out")
+    specials_str = tuple(wc.special_tokens)
+    vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
+    backend = _validate.backend(backend)
+    max_token_length = _validate.max_token_length(max_token_length)
+    backend, run = backends.select(backend)
+    backends.check_options(backend, max_token_length=max_token_length)
+    table = wc.to_table()
+    t1 = time.perf_counter()
+    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
+                          pattern=wc.pattern, max_token_length=max_token_length, show=want_progress(progress))
+    model.unicode = wc.meta.get("unicode") or model.unicode
+    stats.input_bytes = sum(int(i.get("size", 0)) for i in wc.meta.get("inputs", []))
     stats.seconds_count = t1 - t0
     return model, stats
 

@@ -21,7 +21,7 @@ STAGES = [
     ["gpubpe.corpus"],
     ["gpubpe.wordtable"],  # the seam: what counting makes and every backend takes
     ["gpubpe.pretok"],
-    ["gpubpe.model"],
+    ["gpubpe.model", "gpubpe.counts"],
     ["gpubpe.backends"],
     ["gpubpe.trainer"],
     ["gpubpe.formats"],

@@ -1,0 +1,407 @@
+"""Word counts as an artefact: counted anywhere, saved, merged exactly, trained from.
+
+Counts of pre-tokens add up, so a corpus can be counted in shards, on other
+processes or machines, and the merge loop still sees exactly the counts of the
+whole corpus (DESIGN §2). :class:`WordCounts` is those counts (int64) with what
+they were made with: the pattern, the special tokens, the Unicode class table,
+gpubpe's version and the inputs' manifest. Counts made otherwise are refused
+when merged, with an error that says which.
+
+On disk (``WordCounts.save``), a directory written as one set
+(:mod:`gpubpe._files`):
+
+* ``counts.json``: ``{"format": "gpubpe-counts", "version": 1, "pattern",
+  "special_tokens", "unicode", "gpubpe", "inputs": [{"path", "size",
+  "blake2b"}], "words", "pretokens"}``;
+* ``words.npy`` (uint8: every word's bytes, concatenated), ``offsets.npy``
+  (int64[words + 1]: word ``k`` is ``words[offsets[k]:offsets[k+1]]``) and
+  ``counts.npy`` (int64[words]): plain NumPy arrays, read with
+  ``np.load(..., mmap_mode="r")`` to stream;
+* ``gpubpe-files.json``: each file's size and SHA-256, checked on load, so a
+  truncated or corrupted file is an error, never wrong merges.
+
+Distributed counting (:func:`count` with ``executor=``): one task per input
+file counts it; its words are split into ``buckets`` by a stable hash of their
+bytes (the same on every machine, unlike Python's salted ``hash``); one reduce
+task per bucket merges that bucket of every shard. The buckets hold disjoint
+words, so no process ever holds every unique word in one dict.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from . import _validate, config
+from ._files import check_set, write_set
+from .corpus import count_specials, iter_chunks, peek_batches, special_bytes
+from .patterns import resolve_pattern
+from .pretok import count as _pretok_count
+from .pretok import unicode as _unicode
+from .wordtable import WordTable
+
+FORMAT = "gpubpe-counts"
+VERSION = 1
+META_FILE = "counts.json"
+NAMES = (META_FILE, "words.npy", "offsets.npy", "counts.npy")
+
+
+class WordCounts:
+    """Unique pre-tokens with int64 counts, and what they were made with.
+
+    words:   uint8[total]: every word's bytes, concatenated
+    offsets: int64[W + 1]
+    counts:  int64[W], every count > 0, each word once
+    meta:    ``pattern``, ``special_tokens``, ``unicode``, ``gpubpe``, ``inputs``
+    """
+
+    def __init__(self, words: np.ndarray, offsets: np.ndarray, counts: np.ndarray, meta: dict):
+        self.words = np.ascontiguousarray(words, dtype=np.uint8)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.counts = np.ascontiguousarray(counts, dtype=np.int64)
+        self.meta = dict(meta)
+        if self.offsets.shape[0] != self.counts.shape[0] + 1 or self.offsets[-1] != self.words.shape[0]:
+            raise ValueError("WordCounts: offsets do not match words and counts")
+
+    # --- what they are -------------------------------------------------------
+
+    @property
+    def pattern(self) -> str:
+        return self.meta["pattern"]
+
+    @property
+    def special_tokens(self) -> list[str]:
+        return list(self.meta["special_tokens"])
+
+    @property
+    def num_words(self) -> int:
+        return int(self.counts.shape[0])
+
+    @property
+    def pretokens(self) -> int:
+        return int(self.counts.sum())
+
+    def __len__(self) -> int:
+        return self.num_words
+
+    def __repr__(self) -> str:
+        return (f"WordCounts({self.num_words:,} words, {self.pretokens:,} pre-tokens, "
+                f"{len(self.meta.get('inputs', []))} input(s))")
+
+    def to_dict(self) -> dict[bytes, int]:
+        return self.to_table().to_counts()
+
+    def to_table(self) -> WordTable:
+        """The WordTable the merge loop takes (symbols = bytes)."""
+        return WordTable(self.words.astype(np.int32), self.offsets.copy(), self.counts.copy())
+
+    @classmethod
+    def from_table(cls, table: WordTable, meta: dict) -> "WordCounts":
+        return cls(table.symbols.astype(np.uint8), table.offsets, table.counts, meta)
+
+    @classmethod
+    def from_dict(cls, counts: dict, *, special_tokens: Sequence[str] = (), pattern: str = "gpt2",
+                  inputs=()) -> "WordCounts":
+        """Counts made elsewhere (``{bytes: count}``), with what they were made with."""
+        return cls.from_table(WordTable.from_counts(counts),
+                              _meta(pattern=resolve_pattern(pattern),
+                                    special_tokens=list(_validate.special_tokens(special_tokens)),
+                                    inputs=list(inputs)))
+
+    # --- merging -------------------------------------------------------------
+
+    def __add__(self, other: "WordCounts") -> "WordCounts":
+        if not isinstance(other, WordCounts):
+            return NotImplemented
+        return WordCounts.merge([self, other])
+
+    @staticmethod
+    def merge(parts: Sequence["WordCounts"]) -> "WordCounts":
+        """The exact sum of ``parts`` (counts of the same word add up).
+
+        Refused, with the field named, when the parts were made with another
+        pattern, other special tokens or another Unicode class table.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("WordCounts.merge needs at least one WordCounts")
+        for p in parts:
+            if not isinstance(p, WordCounts):
+                raise TypeError(f"WordCounts.merge takes WordCounts, got {type(p).__name__}")
+        check_compatible(parts)
+        meta = dict(parts[0].meta)
+        meta["inputs"] = [i for p in parts for i in p.meta.get("inputs", [])]
+        if len(parts) == 1:
+            return parts[0]
+        return _reduce([p.arrays() for p in parts], meta)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.words, self.offsets, self.counts
+
+    # --- on disk ---------------------------------------------------------------
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the counts into ``directory`` as one set (see the module doc); returns it."""
+        import io
+
+        def npy(a) -> bytes:
+            buf = io.BytesIO()
+            np.save(buf, a, allow_pickle=False)
+            return buf.getvalue()
+
+        doc = dict(self.meta, format=FORMAT, version=VERSION, words=self.num_words, pretokens=self.pretokens)
+        files = {
+            META_FILE: json.dumps(doc, ensure_ascii=False, indent=1).encode("utf-8"),
+            "words.npy": npy(self.words),
+            "offsets.npy": npy(self.offsets),
+            "counts.npy": npy(self.counts),
+        }
+        write_set(directory, files, NAMES)
+        return Path(directory)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, *, mmap: bool = False) -> "WordCounts":
+        """Read counts written by :meth:`save` (or ``gpubpe count --out``).
+
+        Every file is checked against the set's manifest (sizes and SHA-256)
+        first, so a truncated or corrupted file is an error. ``mmap``: map the
+        arrays instead of reading them (the check still reads them once).
+        """
+        d = Path(directory)
+        meta_path = d / META_FILE
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"no {META_FILE} in {str(directory)!r}: point at a directory written by "
+                                    "`gpubpe count --out` or WordCounts.save")
+        if not (d / "gpubpe-files.json").is_file():
+            raise ValueError(f"{d} has no gpubpe-files.json: the counts cannot be checked; count them again")
+        check_set(d)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+                raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
+            arrays = [np.load(d / n, mmap_mode="r" if mmap else None, allow_pickle=False) for n in NAMES[1:]]
+            for key in ("pattern", "special_tokens"):
+                meta[key]  # noqa: B018 (present, or KeyError)
+            out = cls(*arrays, {k: v for k, v in meta.items() if k not in ("format", "version", "words", "pretokens")})
+        except (ValueError, KeyError, TypeError, OSError) as e:
+            raise ValueError(f"{d} does not hold gpubpe word counts ({type(e).__name__}: {e}); count them again") from None
+        if out.num_words != meta["words"] or (out.counts <= 0).any():
+            raise ValueError(f"{d}: the counts do not match {META_FILE}; count them again")
+        return out
+
+
+def _meta(*, pattern: str, special_tokens: list[str], inputs: list) -> dict:
+    from . import __version__
+
+    return {"pattern": pattern, "special_tokens": special_tokens, "unicode": _unicode.table_id(),
+            "gpubpe": __version__, "inputs": inputs}
+
+
+def check_compatible(parts: Sequence[WordCounts]) -> None:
+    """Refuse counts made with another pattern, specials or Unicode table."""
+    first = parts[0].meta
+    for i, p in enumerate(parts[1:], 1):
+        m = p.meta
+        if m["pattern"] != first["pattern"]:
+            raise ValueError(f"counts {i} were made with another pattern ({m['pattern'][:60]!r}, not "
+                             f"{first['pattern'][:60]!r}): count every part with the same --pattern")
+        if list(m["special_tokens"]) != list(first["special_tokens"]):
+            raise ValueError(f"counts {i} were made with special tokens {m['special_tokens']}, not "
+                             f"{first['special_tokens']}: count every part with the same special tokens")
+        a, b = str(m.get("unicode")), str(first.get("unicode"))
+        if a.rsplit(":", 1)[-1] != b.rsplit(":", 1)[-1]:
+            raise ValueError(f"counts {i} were made with the Unicode table {a}, not {b}: count every part "
+                             "with the same regex version")
+
+
+# ---------------------------------------------------------------------------
+# Exact merging: stable-hash buckets, each reduced on its own
+# ---------------------------------------------------------------------------
+
+
+def stable_bucket(words: np.ndarray, offsets: np.ndarray, buckets: int) -> np.ndarray:
+    """int64[W]: the bucket of each word, from a hash of its bytes that is the
+    same in every process and on every machine (a polynomial over the bytes,
+    mod 2^64, then mixed)."""
+    n = offsets.shape[0] - 1
+    if n == 0 or buckets == 1:
+        return np.zeros(n, np.int64)
+    lengths = np.diff(offsets)
+    pos = np.arange(words.shape[0], dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+    with np.errstate(over="ignore"):
+        weight = _powers(int(lengths.max()))[pos]
+        h = np.add.reduceat(words.astype(np.uint64) * weight, offsets[:-1]) if words.size else np.zeros(n, np.uint64)
+        h[lengths == 0] = 0
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(29)
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def _powers(n: int) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return np.cumprod(np.full(n, np.uint64(1099511628211), np.uint64)) if n else np.zeros(0, np.uint64)
+
+
+def split_buckets(words, offsets, counts, buckets: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The words in ``buckets`` key-disjoint parts, by :func:`stable_bucket`."""
+    b = stable_bucket(words, offsets, buckets)
+    out = []
+    lengths = np.diff(offsets)
+    for k in range(buckets):
+        sel = np.flatnonzero(b == k)
+        ls = lengths[sel]
+        offs = np.zeros(sel.size + 1, np.int64)
+        np.cumsum(ls, out=offs[1:])
+        idx = np.repeat(offsets[:-1][sel], ls) + (np.arange(offs[-1], dtype=np.int64) - np.repeat(offs[:-1], ls))
+        out.append((words[idx], offs, counts[sel]))
+    return out
+
+
+def _reduce(parts, meta: dict) -> WordCounts:
+    """One bucket (or one process's counts): the exact sum of ``parts``, each
+    ``(words, offsets, counts)``."""
+    total: dict[bytes, int] = {}
+    for words, offsets, counts in parts:
+        raw = np.asarray(words).tobytes()
+        offs = np.asarray(offsets).tolist()
+        for k, c in enumerate(np.asarray(counts).tolist()):
+            w = raw[offs[k] : offs[k + 1]]
+            total[w] = total.get(w, 0) + c
+    return WordCounts.from_table(WordTable.from_counts(total), meta)
+
+
+def _concat(parts, meta: dict) -> WordCounts:
+    """Key-disjoint buckets side by side: no merging needed."""
+    words = np.concatenate([p.words for p in parts]) if parts else np.zeros(0, np.uint8)
+    counts = np.concatenate([p.counts for p in parts]) if parts else np.zeros(0, np.int64)
+    lengths = np.concatenate([np.diff(p.offsets) for p in parts]) if parts else np.zeros(0, np.int64)
+    offsets = np.zeros(lengths.size + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return WordCounts(words, offsets, counts, meta)
+
+
+# ---------------------------------------------------------------------------
+# Counting
+# ---------------------------------------------------------------------------
+
+
+def count(
+    inputs,
+    *,
+    special_tokens: Sequence[str] = (),
+    pattern: str = "gpt2",
+    workers: int | None = None,
+    executor=None,
+    buckets: int | None = None,
+    chunk_size: int = config.CHUNK_SIZE,
+    text_field: str = "text",
+    text_column: str = "text",
+) -> WordCounts:
+    """Count the unique pre-tokens of ``inputs`` into :class:`WordCounts`.
+
+    inputs:    what :func:`gpubpe.train` takes (files, ``-``, directories,
+               globs, compressed text, JSONL, Parquet, iterables of str or of
+               ``list[str]``).
+    workers:   threads (GPT-2 pattern) or processes (others) in this process;
+               None: all cores.
+    executor:  a ``concurrent.futures.Executor`` (a process pool, Dask's
+               ``Client.get_executor()``, Ray's ``ray.util`` executor) or a Dask
+               ``Client``: each input file is counted as one task on it, and the
+               results are merged in ``buckets`` key-disjoint reduce tasks
+               (default: twice the shards, at most 64). Needs file inputs.
+    The counts never depend on ``workers``, ``executor``, ``buckets`` or how the
+    corpus is split into files.
+    """
+    specials_str = list(_validate.special_tokens(special_tokens))
+    pattern = resolve_pattern(pattern)
+    chunk_size = _validate.chunk_size(chunk_size)
+    paths, texts = _validate.inputs(inputs)
+    opts = {"special_tokens": specials_str, "pattern": pattern, "chunk_size": chunk_size,
+            "text_field": text_field, "text_column": text_column}
+    if executor is None:
+        words, offsets, counts, manifest = _count_local(paths, texts, workers=_validate.workers(workers), **opts)
+        return WordCounts(words, offsets, counts, _meta(pattern=pattern, special_tokens=specials_str, inputs=manifest))
+    if paths is None or any(str(p) == "-" for p in paths):
+        raise ValueError("counting on an executor needs files (each one a task), not standard input or text in memory")
+    nb = buckets or min(64, 2 * len(paths))
+    if not _validate.is_int(nb) or nb < 1:
+        raise ValueError(f"buckets must be a positive int, got {buckets!r}")
+    meta = _meta(pattern=pattern, special_tokens=specials_str, inputs=[])
+    if _is_dask_client(executor):
+        return _count_dask(executor, [str(p) for p in paths], opts, nb, meta)
+    shards = [executor.submit(_count_shard, str(p), opts, nb) for p in paths]
+    results = [f.result() for f in shards]  # per shard: (buckets, manifest entry)
+    reduced = [executor.submit(_reduce_bucket, [r[0][k] for r in results]) for k in range(nb)]
+    meta["inputs"] = [r[1] for r in results]
+    return _concat([f.result() for f in reduced], meta)
+
+
+def _count_local(paths, texts, *, workers, special_tokens, pattern, chunk_size, text_field, text_column):
+    specials = special_bytes(special_tokens)
+    batches = False
+    if texts is not None:
+        texts, batches = peek_batches(texts)
+    manifest: list = []
+    chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern, text_field=text_field,
+                         text_column=text_column, manifest=manifest if paths is not None else None)
+    counted = _pretok_count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern)
+    table = WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
+    return table.symbols.astype(np.uint8), table.offsets, table.counts, manifest
+
+
+def _count_shard(path: str, opts: dict, buckets: int):
+    """A task: count one file (one worker thread: the executor runs tasks side
+    by side) and split its words into ``buckets`` key-disjoint parts."""
+    words, offsets, counts, manifest = _count_local([Path(path)], None, workers=1, **opts)
+    return split_buckets(words, offsets, counts, buckets), manifest[0]
+
+
+def _reduce_bucket(parts) -> WordCounts:
+    return _reduce(parts, {})
+
+
+def _is_dask_client(obj) -> bool:
+    return type(obj).__name__ == "Client" and type(obj).__module__.startswith("distributed")
+
+
+def _count_dask(client, paths: list[str], opts: dict, nb: int, meta: dict) -> WordCounts:
+    """Dask: the shards' buckets stay on the workers; each reduce task gets
+    its bucket of every shard worker to worker, never through this process."""
+    shards = client.map(_count_shard, paths, opts=opts, buckets=nb, pure=False)
+    pick = [[client.submit(_bucket_of, s, k, pure=False) for s in shards] for k in range(nb)]
+    reduced = [client.submit(_reduce_bucket, parts, pure=False) for parts in pick]
+    manifests = client.gather([client.submit(_manifest_of, s, pure=False) for s in shards])
+    meta["inputs"] = manifests
+    return _concat(client.gather(reduced), meta)
+
+
+def _bucket_of(shard, k: int):
+    return shard[0][k]
+
+
+def _manifest_of(shard):
+    return shard[1]
+
+
+def dask_client(address: str):
+    """A Dask ``Client`` for ``address`` (``tcp://host:8786``), or a new
+    ``LocalCluster`` for ``local`` / ``local:N`` (N workers)."""
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise ImportError("counting on Dask needs dask.distributed: pip install 'gpubpe[dask]'") from None
+    if address == "local" or address.startswith("local:"):
+        n = int(address.split(":", 1)[1]) if ":" in address else None
+        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)
+        return Client(cluster)
+    return Client(address)
+
+
+def load_all(directories: Sequence[str | os.PathLike]) -> WordCounts:
+    """Load and merge several count directories (``gpubpe train --counts A --counts B``)."""
+    return WordCounts.merge([WordCounts.load(d) for d in directories])
