@@ -331,7 +331,10 @@ def open_input(path):
             import zstandard
         except ImportError:
             raise ImportError(f"{str(path)!r} is zstd-compressed: pip install zstandard (or 'gpubpe[formats]')") from None
-        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+        import io
+
+        # buffered, so that JSONL can be read line by line
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
     return open(path, "rb")
 
 

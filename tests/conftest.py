@@ -1,6 +1,11 @@
 import os
 import random
 
+# pyarrow's default allocator (jemalloc) reserves address ranges that the
+# AddressSanitizer runtime of cuda-sim, loaded later in the same process, needs
+# for its shadow memory: with the system allocator both fit.
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+
 import pytest
 from hypothesis import HealthCheck, settings
 
