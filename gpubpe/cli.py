@@ -120,7 +120,8 @@ def cmd_count(args) -> int:
     t = time.perf_counter()
     try:
         wc = count(args.inputs, special_tokens=args.special_token, pattern=args.pattern, workers=args.workers,
-                   executor=client, buckets=args.buckets, text_field=args.text_field, text_column=args.text_column)
+                   executor=client, buckets=args.buckets, text_field=args.text_field, text_column=args.text_column,
+                   progress=False if args.quiet else None)
     finally:
         if client is not None:
             cluster = getattr(client, "cluster", None)
@@ -135,6 +136,11 @@ def cmd_count(args) -> int:
         print(f"inputs         {len(wc.meta['inputs']):,} file(s), {nbytes:,} bytes, counted {where}", file=sys.stderr)
         print(f"pre-tokens     {wc.pretokens:,} ({wc.num_words:,} unique)", file=sys.stderr)
         print(f"time           {seconds:.2f} s ({nbytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)", file=sys.stderr)
+        shard_s = wc.run.get("shard_seconds")
+        if shard_s:
+            rates = sorted(int(i["size"]) / max(t, 1e-9) / 1e6 for i, t in zip(wc.meta["inputs"], shard_s))
+            print(f"per worker     {rates[len(rates) // 2]:.1f} MB/s per shard (median of {len(rates)}), "
+                  f"{sum(shard_s):.2f} s of shard time", file=sys.stderr)
         print(f"wrote          {out}", file=sys.stderr)
     return 0
 

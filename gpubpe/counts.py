@@ -64,6 +64,7 @@ class WordCounts:
         self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
         self.counts = np.ascontiguousarray(counts, dtype=np.int64)
         self.meta = dict(meta)
+        self.run: dict = {}
         if self.offsets.shape[0] != self.counts.shape[0] + 1 or self.offsets[-1] != self.words.shape[0]:
             raise ValueError("WordCounts: offsets do not match words and counts")
 
@@ -301,6 +302,7 @@ def count(
     chunk_size: int = config.CHUNK_SIZE,
     text_field: str = "text",
     text_column: str = "text",
+    progress: bool | None = None,
 ) -> WordCounts:
     """Count the unique pre-tokens of ``inputs`` into :class:`WordCounts`.
 
@@ -314,9 +316,18 @@ def count(
                ``Client``: each input file is counted as one task on it, and the
                results are merged in ``buckets`` key-disjoint reduce tasks
                (default: twice the shards, at most 64). Needs file inputs.
+    progress:  a bar on stderr (bytes read here, shards done on an executor);
+               default: when stderr is a terminal.
     The counts never depend on ``workers``, ``executor``, ``buckets`` or how the
-    corpus is split into files.
+    corpus is split into files. ``WordCounts.run`` (not saved) holds how the
+    run went: ``seconds`` and, on an executor, ``shard_seconds`` per file.
     """
+    import time
+
+    from ._progress import bar, want_progress
+
+    show = want_progress(progress)
+    t0 = time.perf_counter()
     specials_str = list(_validate.special_tokens(special_tokens))
     pattern = resolve_pattern(pattern)
     chunk_size = _validate.chunk_size(chunk_size)
@@ -324,30 +335,54 @@ def count(
     opts = {"special_tokens": specials_str, "pattern": pattern, "chunk_size": chunk_size,
             "text_field": text_field, "text_column": text_column}
     if executor is None:
-        words, offsets, counts, manifest = _count_local(paths, texts, workers=_validate.workers(workers), **opts)
-        return WordCounts(words, offsets, counts, _meta(pattern=pattern, special_tokens=specials_str, inputs=manifest))
+        from .corpus import input_size
+
+        read_bar = bar(show, total=input_size(paths), unit="B", unit_scale=True, desc="count")
+        try:
+            words, offsets, counts, manifest = _count_local(
+                paths, texts, workers=_validate.workers(workers), on_bytes=read_bar.update if read_bar else None, **opts)
+        finally:
+            if read_bar is not None:
+                read_bar.close()
+        wc = WordCounts(words, offsets, counts, _meta(pattern=pattern, special_tokens=specials_str, inputs=manifest))
+        wc.run = {"seconds": time.perf_counter() - t0}
+        return wc
     if paths is None or any(str(p) == "-" for p in paths):
         raise ValueError("counting on an executor needs files (each one a task), not standard input or text in memory")
     nb = buckets or min(64, 2 * len(paths))
     if not _validate.is_int(nb) or nb < 1:
         raise ValueError(f"buckets must be a positive int, got {buckets!r}")
     meta = _meta(pattern=pattern, special_tokens=specials_str, inputs=[])
-    if _is_dask_client(executor):
-        return _count_dask(executor, [str(p) for p in paths], opts, nb, meta)
-    shards = [executor.submit(_count_shard, str(p), opts, nb) for p in paths]
-    results = [f.result() for f in shards]  # per shard: (buckets, manifest entry)
-    reduced = [executor.submit(_reduce_bucket, [r[0][k] for r in results]) for k in range(nb)]
-    meta["inputs"] = [r[1] for r in results]
-    return _concat([f.result() for f in reduced], meta)
+    shard_bar = bar(show, total=len(paths), unit="shard", desc="count")
+    try:
+        if _is_dask_client(executor):
+            wc, shard_seconds = _count_dask(executor, [str(p) for p in paths], opts, nb, meta, shard_bar)
+        else:
+            shards = [executor.submit(_count_shard, str(p), opts, nb) for p in paths]
+            results = []
+            for f in shards:  # per shard: (buckets, manifest entry, seconds), in input order
+                results.append(f.result())
+                if shard_bar is not None:
+                    shard_bar.update(1)
+            reduced = [executor.submit(_reduce_bucket, [r[0][k] for r in results]) for k in range(nb)]
+            meta["inputs"] = [r[1] for r in results]
+            shard_seconds = [r[2] for r in results]
+            wc = _concat([f.result() for f in reduced], meta)
+    finally:
+        if shard_bar is not None:
+            shard_bar.close()
+    wc.run = {"seconds": time.perf_counter() - t0, "shard_seconds": shard_seconds}
+    return wc
 
 
-def _count_local(paths, texts, *, workers, special_tokens, pattern, chunk_size, text_field, text_column):
+def _count_local(paths, texts, *, workers, special_tokens, pattern, chunk_size, text_field, text_column,
+                 on_bytes=None):
     specials = special_bytes(special_tokens)
     batches = False
     if texts is not None:
         texts, batches = peek_batches(texts)
     manifest: list = []
-    chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern, text_field=text_field,
+    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern, text_field=text_field,
                          text_column=text_column, manifest=manifest if paths is not None else None)
     counted = _pretok_count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern)
     table = WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
@@ -357,8 +392,11 @@ def _count_local(paths, texts, *, workers, special_tokens, pattern, chunk_size, 
 def _count_shard(path: str, opts: dict, buckets: int):
     """A task: count one file (one worker thread: the executor runs tasks side
     by side) and split its words into ``buckets`` key-disjoint parts."""
+    import time
+
+    t = time.perf_counter()
     words, offsets, counts, manifest = _count_local([Path(path)], None, workers=1, **opts)
-    return split_buckets(words, offsets, counts, buckets), manifest[0]
+    return split_buckets(words, offsets, counts, buckets), manifest[0], time.perf_counter() - t
 
 
 def _reduce_bucket(parts) -> WordCounts:
@@ -369,23 +407,29 @@ def _is_dask_client(obj) -> bool:
     return type(obj).__name__ == "Client" and type(obj).__module__.startswith("distributed")
 
 
-def _count_dask(client, paths: list[str], opts: dict, nb: int, meta: dict) -> WordCounts:
+def _count_dask(client, paths: list[str], opts: dict, nb: int, meta: dict, shard_bar=None):
     """Dask: the shards' buckets stay on the workers; each reduce task gets
     its bucket of every shard worker to worker, never through this process."""
+    from dask.distributed import as_completed
+
     shards = client.map(_count_shard, paths, opts=opts, buckets=nb, pure=False)
     pick = [[client.submit(_bucket_of, s, k, pure=False) for s in shards] for k in range(nb)]
     reduced = [client.submit(_reduce_bucket, parts, pure=False) for parts in pick]
-    manifests = client.gather([client.submit(_manifest_of, s, pure=False) for s in shards])
-    meta["inputs"] = manifests
-    return _concat(client.gather(reduced), meta)
+    info = [client.submit(_info_of, s, pure=False) for s in shards]
+    for _ in as_completed(info):
+        if shard_bar is not None:
+            shard_bar.update(1)
+    infos = client.gather(info)
+    meta["inputs"] = [i[0] for i in infos]
+    return _concat(client.gather(reduced), meta), [i[1] for i in infos]
 
 
 def _bucket_of(shard, k: int):
     return shard[0][k]
 
 
-def _manifest_of(shard):
-    return shard[1]
+def _info_of(shard):
+    return shard[1], shard[2]
 
 
 def dask_client(address: str):
