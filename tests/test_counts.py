@@ -225,3 +225,14 @@ def test_from_dict_and_arrays():
     assert wc.to_dict() == {b"ab": 2, b"c": 1} and len(wc) == 2 and wc.pretokens == 3
     with pytest.raises(ValueError, match="offsets"):
         WordCounts(np.zeros(3, np.uint8), np.array([0, 1]), np.array([1]), {})
+
+
+def test_dask_without_the_extra_fails_at_once(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "dask.distributed", None)  # as if not installed
+    (tmp_path / "c.txt").write_text("the cat")
+    assert cli_main(["count", str(tmp_path / "c.txt"), "--dask", "local:2", "--out", str(tmp_path / "o")]) == 1
+    assert "pip install 'gpubpe[dask]'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="needs files"):
+        gpubpe.count(iter(["the cat"]), executor=ProcessPoolExecutor(1))
