@@ -972,7 +972,13 @@ def encode_files(
                         "Tokenizer.encode or Tokenizer.encode_iterable")
     if not inputs:
         raise ValueError("inputs is an empty list: give at least one file")
-    paths = [_validate.input_path(x) for x in inputs]
+    paths = [_validate.input_path(x) for x in _validate.expand_inputs(inputs)]
+    from .corpus import is_records
+
+    records = [p for p in paths if is_records(p)]
+    if records:
+        raise ValueError(f"{str(records[0])!r} holds records (JSONL or Parquet): encode reads text files "
+                         "(compressed ones too); write the records' text to a file, one document after another")
     out = Path(out)
     if out.is_dir():
         raise IsADirectoryError(f"the output {str(out)!r} is a directory: give a file name such as tokens.npy")

@@ -406,3 +406,17 @@ def test_unwritable_out_dir_is_refused_before_any_work(tok, corpus, tmp_path, mo
     with pytest.raises(PermissionError, match="directory you can write to"):
         E.encode_files(corpus, tok, tmp_path / "t.npy", progress=False)
     assert os.listdir(tmp_path) == []
+
+
+def test_directories_compressed_text_and_records(tok, corpus, tmp_path):
+    import gzip
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.txt").write_bytes(CORPUS_A)
+    (d / "b.txt.gz").write_bytes(gzip.compress(CORPUS_B))
+    E.encode_files(d, tok, tmp_path / "x.npy", workers=1, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), expected(tok, corpus))
+    (tmp_path / "r.jsonl").write_text('{"text": "hi"}\n')
+    with pytest.raises(ValueError, match="holds records"):
+        E.encode_files(tmp_path / "r.jsonl", tok, tmp_path / "y.npy", workers=1, progress=False)
