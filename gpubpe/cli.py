@@ -274,7 +274,7 @@ def _flag_names(e: BaseException) -> str:
     import re
 
     text = str(e)
-    return re.sub(r"\b(" + "|".join(_FLAGS) + r")(?==|\b)", lambda m: _FLAGS[m.group(1)], text)
+    return re.sub(r"(?<![-\w])(" + "|".join(_FLAGS) + r")(?==|\b)", lambda m: _FLAGS[m.group(1)], text)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,7 @@ def check_compatible(parts: Sequence[WordCounts]) -> None:
         m = p.meta
         if m["pattern"] != first["pattern"]:
             raise ValueError(f"counts {i} were made with another pattern ({m['pattern'][:60]!r}, not "
-                             f"{first['pattern'][:60]!r}): count every part with the same --pattern")
+                             f"{first['pattern'][:60]!r}): count every part with the same pattern")
         if list(m["special_tokens"]) != list(first["special_tokens"]):
             raise ValueError(f"counts {i} were made with special tokens {m['special_tokens']}, not "
                              f"{first['special_tokens']}: count every part with the same special tokens")

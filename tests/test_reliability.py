@@ -472,3 +472,10 @@ def test_model_records_the_unicode_table_and_warns_on_another(tmp_path):
     (out / "gpubpe-files.json").unlink()
     with pytest.warns(UnicodeTableWarning, match="regex-2001.1.1"):
         gpubpe.load(out)
+
+
+def test_cli_names_flags_once():
+    from gpubpe.cli import _flag_names
+
+    assert _flag_names(ValueError("vocab_size=10 is too small; the same --pattern")) == \
+        "--vocab-size=10 is too small; the same --pattern"
