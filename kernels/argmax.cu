@@ -32,20 +32,25 @@ __device__ void block_best(long long* best_s, long long mine, const u64* keys, c
 
 // argmax_partial
 //   Geometry: 1-D, any grid; blockDim a power of two <= MAX_BLOCK.
-//   In:  keys/cnt (capacity 1 << bits), tb/toff/tlen, st (no-op when halted)
+//   In:  keys/cnt (capacity 1 << bits), tb/toff/tlen, max_len (0: no cap; else a
+//        pair whose merged token would exceed max_len bytes is never a candidate:
+//        token lengths never change, so it never becomes one), st (no-op when halted)
 //   Out: part[blockIdx.x] = the block's best slot with count > 0, or -1
-//   Example: cnt {s3: 5, s7: 5, s9: 2}, bytes(left of s7) > bytes(left of s3) -> s7.
+//   Example: cnt {s3: 5, s7: 5, s9: 2}, bytes(left of s7) > bytes(left of s3) -> s7;
+//            with max_len 3 and s3, s7 making 4-byte tokens -> s9.
 extern "C" __global__ void argmax_partial(const u64* __restrict__ keys, const long long* __restrict__ cnt,
                                           int bits, const unsigned char* __restrict__ tb,
                                           const long long* __restrict__ toff, const int* __restrict__ tlen,
-                                          long long* part, const long long* st) {
+                                          int max_len, long long* part, const long long* st) {
     __shared__ long long best_s[MAX_BLOCK];
     if (st[ST_HALT] != 0) return;  // uniform: st does not change during this launch
     long long cap = 1ll << bits;
     long long best = -1;
     long long stride = (long long)gridDim.x * blockDim.x;
     for (long long s = (long long)blockIdx.x * blockDim.x + threadIdx.x; s < cap; s += stride) {
-        if (cnt[s] > 0 && slot_above(s, best, keys, cnt, tb, toff, tlen)) best = s;
+        if (cnt[s] > 0 && (max_len <= 0 || tlen[keys[s] >> 32] + tlen[keys[s] & 0xFFFFFFFFull] <= max_len) &&
+            slot_above(s, best, keys, cnt, tb, toff, tlen))
+            best = s;
     }
     unsigned tid = threadIdx.x;
     block_best(best_s, best, keys, cnt, tb, toff, tlen);

@@ -212,8 +212,8 @@ def put_tokens(env, toks, cap_extra=64):
 
 @settings(max_examples=max_examples(40), deadline=None)
 @given(seed=st.integers(0, 2**32), npairs=st.integers(0, 60), bits=st.integers(7, 10),
-       geo=st.sampled_from([(1, 1), (1, 32), (4, 32), (3, 256)]))
-def test_argmax(env, seed, npairs, bits, geo):
+       geo=st.sampled_from([(1, 1), (1, 32), (4, 32), (3, 256)]), max_len=st.sampled_from([0, 0, 2, 3, 4, 6]))
+def test_argmax(env, seed, npairs, bits, geo, max_len):
     rng = random.Random(seed)
     m = 7  # the merge being made: it creates token 256 + 7, so pairs use only the ids before it
     ntok = 256 + m
@@ -236,11 +236,12 @@ def test_argmax(env, seed, npairs, bits, geo):
     s = env.put(status(DONE=m, TOKBYTES=used, NOCC=3, POOL_USED=10, PENDING=256 + m - 1, DEAD=4))
     dk, dc = env.put(keys), env.put(cnt)
     env.k.argmax_partial(grid=nparts, block=geo[1], keys=dk, cnt=dc, bits=bits, tb=tb, toff=toff, tlen=tlen,
-                         part=part, st=s)
+                         max_len=max_len, part=part, st=s)
     env.k.argmax_final(block=geo[1], keys=dk, cnt=dc, tb=tb, toff=toff, tlen=tlen, tb_cap=cap, part=part,
                        nparts=nparts, merges=merges, list_start=list_start, list_len=list_len, st=s)
     stt = env.get(s)
-    live = [(c, toks[k >> 32], toks[k & 0xFFFFFFFF], k) for k, c in table.items() if c > 0]
+    live = [(c, toks[k >> 32], toks[k & 0xFFFFFFFF], k) for k, c in table.items()
+            if c > 0 and (max_len == 0 or len(toks[k >> 32]) + len(toks[k & 0xFFFFFFFF]) <= max_len)]
     if not live:
         assert stt[K.ST_HALT] == K.HALT_NO_PAIR and stt[K.ST_DONE] == m
         return

@@ -236,12 +236,13 @@ def test_huge_vocab_size_allocates_for_the_merges_that_can_happen(tmp_path, monk
     assert all(len(tok.encode(w.decode())) == 1 for w in counts)
 
 
-@pytest.mark.parametrize("engine", ["numba", "python"])
-def test_max_token_length_is_exact(tmp_path, monkeypatch, engine):
-    monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", -1 if engine == "numba" else 1 << 62)
+def test_max_token_length_is_exact(tmp_path, train_kwargs):
+    # every backend: cpu-numba, cpu-python, cuda-sim (and cuda on a device)
     data = b"aaaaaaaaaaaaaaaaaaaaaaaaa bbbbbbbbbbbb aaab abab " * 30 + _text(200)
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
     for cap in (2, 3, 5, 8):
-        m = _model(tmp_path, data=data, vocab_size=600, max_token_length=cap)
+        m = gpubpe.train(path, vocab_size=600, max_token_length=cap, progress=False, **train_kwargs)
         assert max(len(a) + len(b) for a, b in m.merges) <= cap
         want = reference_merges_from_counts(Counter(reference_pretokens(data)), 600 - 256, max_len=cap)
         assert m.merges == want, cap
@@ -259,13 +260,13 @@ def test_long_runs_warn_and_the_cap_keeps_exports_small(tmp_path):
     assert sum(p.stat().st_size for p in out.iterdir()) < 1 << 20
 
 
-def test_max_token_length_validated_and_refused_where_not_implemented(tmp_path):
+def test_max_token_length_validated(tmp_path):
     with pytest.raises(ValueError, match="at least 2"):
         _model(tmp_path, max_token_length=1)
     with pytest.raises(TypeError, match="max_token_length"):
         _model(tmp_path, max_token_length="16")
-    with pytest.raises(ValueError, match="backend='cpu' only"):
-        gpubpe.train(iter(["x"]), vocab_size=300, backend="cuda-sim", max_token_length=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        _model(tmp_path, max_token_length=2**40)
 
 
 def test_chunk_size_one_with_a_special_token_is_linear(monkeypatch):

@@ -105,7 +105,7 @@ class _Dev:
 
 
 class _Loop:
-    def __init__(self, dev: _Dev, table, num_merges: int):
+    def __init__(self, dev: _Dev, table, num_merges: int, max_len: int = 0):
         n = int(table.symbols.shape[0])
         if n > 2**31 - 2 or table.num_words > 2**31 - 2:
             raise ValueError(
@@ -115,6 +115,7 @@ class _Loop:
         self.dev = dev
         self.k = dev.k
         self.num_merges = num_merges
+        self.max_len = int(max_len)  # 0: no cap on merged token length
         self.graph = None
         sym, nxt, prv, wrd = _initial_links(table)
         self.n = n
@@ -246,7 +247,7 @@ class _Loop:
         return [
             ("argmax_partial", lambda: k.argmax_partial(
                 grid=self.nparts, block=blk, keys=self.keys, cnt=self.cnt, bits=self.bits, tb=self.tb,
-                toff=self.toff, tlen=self.tlen, part=self.part, st=self.st)),
+                toff=self.toff, tlen=self.tlen, max_len=self.max_len, part=self.part, st=self.st)),
             ("argmax_final", lambda: k.argmax_final(
                 block=blk, keys=self.keys, cnt=self.cnt, tb=self.tb, toff=self.toff, tlen=self.tlen,
                 tb_cap=self.tb_cap, part=self.part, nparts=self.nparts, merges=self.merges,
@@ -351,13 +352,11 @@ def make_backend(*, sim: bool):
     # backend='cuda' comes here only after backends.cuda_available() imported CuPy
 
     def run(table, num_merges, progress, *, max_token_length=None):
-        if max_token_length is not None:
-            raise ValueError("max_token_length is implemented by backend='cpu' only")
         num_merges = int(num_merges)
         if num_merges <= 0:
             return np.zeros((0, 2), np.int32), int((np.diff(table.offsets) * table.counts).sum())
         dev = _Dev(sim)
         with dev.on_stream():
-            return _Loop(dev, table, num_merges).run(progress)
+            return _Loop(dev, table, num_merges, max_token_length or 0).run(progress)
 
     return run

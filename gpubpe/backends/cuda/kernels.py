@@ -126,12 +126,12 @@ class Kernels:
                                                       cnt=cnt, bits=bits, used_limit=used_limit, st=st))
 
     # -- argmax.cu ----------------------------------------------------------
-    def argmax_partial(self, *, block, keys, cnt, bits, tb, toff, tlen, part, st, grid=None):
+    def argmax_partial(self, *, block, keys, cnt, bits, tb, toff, tlen, part, st, max_len=0, grid=None):
         grid = grid or self.grid_over(1 << int(bits), block, part.shape[0])
         if grid > part.shape[0]:
             raise ValueError(f"argmax_partial: grid={grid} blocks but part holds {part.shape[0]} results")
         self._launch("argmax_partial", grid, block, dict(keys=keys, cnt=cnt, bits=bits, tb=tb, toff=toff,
-                                                         tlen=tlen, part=part, st=st))
+                                                         tlen=tlen, max_len=max_len, part=part, st=st))
 
     def argmax_final(self, *, block, keys, cnt, tb, toff, tlen, tb_cap, part, nparts, merges, list_start, list_len,
                      st):
