@@ -35,16 +35,19 @@ MANIFEST = "gpubpe-files.json"
 # Every name a tokenizer set may hold: writing a set removes those it lacks.
 SET_NAMES = ("model.json", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer.tiktoken")
 
-_UMASK: int | None = None
-
-
 def umask() -> int:
-    """The process umask (read once: reading it means setting it)."""
-    global _UMASK
-    if _UMASK is None:
-        _UMASK = os.umask(0o022)
-        os.umask(_UMASK)
-    return _UMASK
+    """The process umask. Read from /proc where there is one: ``os.umask``
+    can only read it by setting it, which races with threads creating files."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def file_mode() -> int:

@@ -32,6 +32,7 @@ import numpy as np
 from numba import njit
 
 from . import _validate, config
+from ._files import umask
 from .corpus import input_size, iter_chunks, special_bytes
 from .tokenizer import Tokenizer, _word_bytes
 
@@ -871,19 +872,6 @@ def _npy_header(dtype: np.dtype, count: int, size: int | None = None) -> bytes:
     return _NPY_MAGIC + body.to_bytes(2, "little") + text.encode("latin1")
 
 
-def _umask() -> int:
-    try:  # read without setting it: os.umask changes it for every thread
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 class _NpyWriter:
     """Append ids to a 1-D ``.npy`` under a temporary name; ``commit`` renames it."""
 
@@ -912,7 +900,7 @@ class _NpyWriter:
         self.f.close()
         # mkstemp makes the file private (0600); the array gets the mode of
         # any other file the user creates
-        os.chmod(self.tmp, 0o666 & ~_umask())
+        os.chmod(self.tmp, 0o666 & ~umask())
         os.replace(self.tmp, self.out)
 
     def abort(self) -> None:

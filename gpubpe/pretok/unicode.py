@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import umask
+
 OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
 CLASS_NAMES = ("other", "letter", "number", "space")
 
@@ -176,21 +178,6 @@ def _read_cached(path: Path, version: str) -> tuple[np.ndarray, np.ndarray] | No
     return stage1, stage2
 
 
-def _umask() -> int:
-    # /proc reads it without changing it; os.umask() must set it to read it,
-    # which races with threads creating files meanwhile
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _store_cached(path: Path, stage1: np.ndarray, stage2: np.ndarray, version: str) -> bool:
     """Save atomically (a temporary file in the same folder, then ``os.replace``),
     so concurrent processes only ever see a complete file. False on OSError."""
@@ -204,7 +191,7 @@ def _store_cached(path: Path, stage1: np.ndarray, stage2: np.ndarray, version: s
             os.fsync(f.fileno())
         # mkstemp makes the file 0600; a cache shared by a group should get
         # the mode any other new file would
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, path)
         tmp = None
         return True
