@@ -185,8 +185,9 @@ class WordCounts:
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
             arrays = [np.load(d / n, mmap_mode="r" if mmap else None, allow_pickle=False) for n in NAMES[1:]]
-            for key in ("pattern", "special_tokens"):
-                meta[key]  # noqa: B018 (present, or KeyError)
+            missing = [k for k in ("pattern", "special_tokens", "words") if k not in meta]
+            if missing:
+                raise KeyError(", ".join(missing))
             out = cls(*arrays, {k: v for k, v in meta.items() if k not in ("format", "version", "words", "pretokens")})
         except (ValueError, KeyError, TypeError, OSError) as e:
             raise ValueError(f"{d} does not hold gpubpe word counts ({type(e).__name__}: {e}); count them again") from None
