@@ -101,16 +101,22 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
+        _write_synced(Path(tmp), data)
     except BaseException:
         _unlink(tmp)
         raise
     return Path(tmp)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path``, on disk before this returns, with the umask's mode."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.chmod(path, file_mode())
 
 
 def _unlink(p) -> None:
@@ -159,8 +165,8 @@ def _swap_in(d: Path, files: dict[str, bytes]) -> bool:
     stage = Path(tempfile.mkdtemp(prefix=f".{d.name}.new-", dir=d.parent))
     try:
         for name, data in files.items():
-            _write_temp_final(stage / name, data)
-        _write_temp_final(stage / MANIFEST, _manifest(files, "complete"))
+            _write_synced(stage / name, data)
+        _write_synced(stage / MANIFEST, _manifest(files, "complete"))
         os.chmod(stage, 0o777 & ~umask())
         if d.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{d.name}.old-", dir=d.parent))
@@ -182,14 +188,6 @@ def _swap_in(d: Path, files: dict[str, bytes]) -> bool:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     return True
-
-
-def _write_temp_final(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(path, file_mode())
 
 
 def _write_in_place(d: Path, files: dict[str, bytes], names: tuple[str, ...]) -> None:
@@ -214,16 +212,18 @@ class MixedSetError(ValueError):
     """A tokenizer directory whose files are not one complete set."""
 
 
-def check_set(directory: str | os.PathLike, names: Iterable[str] | None = None) -> None:
-    """Refuse a directory whose manifest says its set is incomplete or mixed.
+def check_set(directory: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, bytes]:
+    """Refuse a directory whose manifest says its set is incomplete or mixed;
+    return the bytes of the files checked, so that nothing is read twice.
 
     ``names``: the files about to be read (default: every file the manifest
-    lists). A directory without a manifest (written by another tool) passes.
+    lists); a name the manifest does not list must not exist. A directory
+    without a manifest (written by another tool) passes, and nothing is returned.
     """
     d = Path(directory)
     path = d / MANIFEST
     if not path.exists():
-        return
+        return {}
     fix = f"train or export into {str(d)!r} again, or delete it"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -233,6 +233,7 @@ def check_set(directory: str | os.PathLike, names: Iterable[str] | None = None) 
         raise MixedSetError(f"{path} is unreadable: {fix}") from None
     if state != "complete":
         raise MixedSetError(f"the tokenizer in {str(d)!r} was being written when that run stopped: {fix}")
+    out: dict[str, bytes] = {}
     for name in (listed if names is None else names):
         want = listed.get(name)
         if want is None:
@@ -245,10 +246,13 @@ def check_set(directory: str | os.PathLike, names: Iterable[str] | None = None) 
             raise MixedSetError(f"{d / name} is missing from the set: {fix}") from None
         if _digest(data) != want:
             raise MixedSetError(f"{d / name} was changed or belongs to another model than {path} says: {fix}")
+        out[name] = data
+    return out
 
 
 def read_checked(path: str | os.PathLike) -> bytes:
-    """Read one file of a tokenizer directory, refusing a mixed or unfinished set."""
+    """Read one file of a tokenizer or counts directory, refusing a mixed or
+    unfinished set (checked and read in one pass)."""
     path = Path(path)
-    check_set(path.parent, [path.name])
-    return path.read_bytes()
+    data = check_set(path.parent, [path.name]).get(path.name)
+    return data if data is not None else path.read_bytes()

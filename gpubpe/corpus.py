@@ -338,10 +338,9 @@ def open_input(path):
     return open(path, "rb")
 
 
-def read_blocks(path, block_size: int, digest=None) -> Iterator[bytes]:
+def read_blocks(path, block_size: int) -> Iterator[bytes]:
     """The bytes of ``path`` (decompressed; ``-``: standard input, a pipe works
-    too) in blocks; a UTF-16 or UTF-32 byte-order mark at the start is
-    refused. ``digest``: a hashlib object that sees the bytes as read."""
+    too) in blocks; a UTF-16 or UTF-32 byte-order mark at the start is refused."""
     f = open_input(path)
     try:
         first = True
@@ -349,12 +348,17 @@ def read_blocks(path, block_size: int, digest=None) -> Iterator[bytes]:
             if first:
                 first = False
                 _validate.no_utf16(block[:4], path)
-            if digest is not None:
-                digest.update(block)
             yield block
     finally:
         if f is not sys.stdin.buffer:
             f.close()
+
+
+def _hashed(blocks: Iterable[bytes], digest) -> Iterator[bytes]:
+    """``blocks`` unchanged, each one fed to ``digest`` as it passes."""
+    for b in blocks:
+        digest.update(b)
+        yield b
 
 
 def _doc_bytes(text, where: str) -> bytes:
@@ -458,13 +462,12 @@ def iter_chunks(
     (:func:`count_specials`). A text iterable is one stream: its strings are
     joined, as the lines of a file are; an iterable of ``list[str]`` (batches)
     makes each string a document. ``manifest``: a list that gets
-    ``{"path", "size", "blake2b"}`` of each file read (the bytes as stored, or
-    decompressed for a compressed file).
+    ``{"path", "size", "blake2b"}`` of each file: the size and hash of the
+    bytes pre-tokenized (decompressed; for a record file, its documents joined
+    by :data:`DOC_SEP`), taken as they stream by.
     """
 
     if paths is not None:
-        import hashlib
-
         block_size = min(chunk_size, config.READ_BLOCK)
         for path in paths:
             size = [0]
@@ -475,17 +478,17 @@ def iter_chunks(
                     on_bytes(n)
 
             if is_records(path):
-                digest = hashlib.blake2b(digest_size=16) if manifest is not None else None
-                if digest is not None:
-                    with open(path, "rb") as f:  # the file as stored: what a manifest identifies
-                        while b := f.read(1 << 20):
-                            digest.update(b)
                 blocks = _record_blocks(path, block_size, text_field=text_field, text_column=text_column)
-                yield from cut_stream(blocks, specials + (DOC_SEP,), chunk_size, counted, pattern=pattern)
+                cut_at = specials + (DOC_SEP,)
             else:
-                digest = hashlib.blake2b(digest_size=16) if manifest is not None else None
-                yield from cut_stream(read_blocks(path, block_size, digest), specials, chunk_size, counted,
-                                      pattern=pattern)
+                blocks, cut_at = read_blocks(path, block_size), specials
+            digest = None
+            if manifest is not None:
+                import hashlib
+
+                digest = hashlib.blake2b(digest_size=16)
+                blocks = _hashed(blocks, digest)
+            yield from cut_stream(blocks, cut_at, chunk_size, counted, pattern=pattern)
             if manifest is not None:
                 manifest.append({"path": str(path), "size": size[0], "blake2b": digest.hexdigest()})
     else:

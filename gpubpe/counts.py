@@ -29,6 +29,7 @@ words, so no process ever holds every unique word in one dict.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -169,8 +170,9 @@ class WordCounts:
         """Read counts written by :meth:`save` (or ``gpubpe count --out``).
 
         Every file is checked against the set's manifest (sizes and SHA-256)
-        first, so a truncated or corrupted file is an error. ``mmap``: map the
-        arrays instead of reading them (the check still reads them once).
+        first, so a truncated or corrupted file is an error; the arrays come
+        from the bytes the check read. ``mmap``: map the arrays instead (the
+        check still reads them once).
         """
         d = Path(directory)
         meta_path = d / META_FILE
@@ -179,12 +181,18 @@ class WordCounts:
                                     "`gpubpe count --out` or WordCounts.save")
         if not (d / "gpubpe-files.json").is_file():
             raise ValueError(f"{d} has no gpubpe-files.json: the counts cannot be checked; count them again")
-        check_set(d)
+        data = check_set(d, NAMES)  # every file, checked and read once
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            absent = [n for n in NAMES if n not in data]
+            if absent:
+                raise ValueError(f"the set does not list {', '.join(absent)}")
+            meta = json.loads(data[META_FILE].decode("utf-8"))
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
                 raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
-            arrays = [np.load(d / n, mmap_mode="r" if mmap else None, allow_pickle=False) for n in NAMES[1:]]
+            if mmap:
+                arrays = [np.load(d / n, mmap_mode="r", allow_pickle=False) for n in NAMES[1:]]
+            else:
+                arrays = [np.load(io.BytesIO(data[n]), allow_pickle=False) for n in NAMES[1:]]
             missing = [k for k in ("pattern", "special_tokens", "words") if k not in meta]
             if missing:
                 raise KeyError(", ".join(missing))
@@ -267,13 +275,12 @@ def split_buckets(words, offsets, counts, buckets: int) -> list[tuple[np.ndarray
 def _reduce(parts, meta: dict) -> WordCounts:
     """One bucket (or one process's counts): the exact sum of ``parts``, each
     ``(words, offsets, counts)``."""
-    total: dict[bytes, int] = {}
+    from collections import Counter
+
+    total: Counter = Counter()
     for words, offsets, counts in parts:
-        raw = np.asarray(words).tobytes()
-        offs = np.asarray(offsets).tolist()
-        for k, c in enumerate(np.asarray(counts).tolist()):
-            w = raw[offs[k] : offs[k + 1]]
-            total[w] = total.get(w, 0) + c
+        table = WordTable(np.asarray(words).astype(np.int32), np.asarray(offsets, np.int64), np.asarray(counts, np.int64))
+        total.update(table.to_counts())
     return WordCounts.from_table(WordTable.from_counts(total), meta)
 
 

@@ -28,6 +28,7 @@ maps a string to one id; there the special token's id wins).
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -35,7 +36,7 @@ from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from ._files import atomic_write_bytes, check_set, write_set
+from ._files import atomic_write_bytes, read_checked, write_set
 from .model import MODEL_FILE, BPEModel, assign_special_ids, load
 from .patterns import GPT2_PATTERN
 
@@ -307,7 +308,7 @@ def _native(obj) -> BPEModel:
 def _read_gpt2_vocab(path: Path) -> dict[int, bytes]:
     """``{id: bytes}``: escaped entries unescaped, the others (special tokens
     written raw by other tools) as their UTF-8."""
-    doc = json.loads(Path(path).read_text(encoding="utf-8"))
+    doc = json.loads(read_checked(path).decode("utf-8"))
     vocab: dict[int, bytes] = {}
     for s, i in doc.items():
         try:
@@ -319,7 +320,8 @@ def _read_gpt2_vocab(path: Path) -> dict[int, bytes]:
 
 def _read_gpt2_merges(path: Path) -> list[tuple[bytes, bytes]]:
     merges = []
-    with open(path, encoding="utf-8") as f:
+    # as open(path, encoding="utf-8") reads it (universal newlines), from the checked bytes
+    with io.TextIOWrapper(io.BytesIO(read_checked(path)), encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             line = line.rstrip("\r\n")
             if not line or (n == 1 and line.startswith("#version")):
@@ -371,7 +373,7 @@ def _gpt2_extra_tokens(vocab: Mapping[int, bytes], merges) -> list[str]:
 def load_hf(path: str | os.PathLike) -> BPEModel:
     """A model from an HF ``tokenizer.json`` holding a byte-level BPE."""
     path = Path(path)
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = json.loads(read_checked(path).decode("utf-8"))
     model = doc.get("model") or {}
     if model.get("type") != "BPE":
         raise ValueError(f"{path}: model type {model.get('type')!r}; only byte-level BPE loads")
@@ -405,7 +407,7 @@ def _hf_pattern(pre, path: Path) -> str:
 def read_tiktoken(path: str | os.PathLike) -> dict[bytes, int]:
     """``{token bytes: rank}`` from a ``.tiktoken`` file (same as tiktoken's ``load_tiktoken_bpe``)."""
     ranks = {}
-    with open(path, "rb") as f:
+    with io.BytesIO(read_checked(path)) as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -484,8 +486,9 @@ def load_any(path: Path, *, special_tokens: Sequence[str] | None = None) -> BPEM
 
 
 def _load_any(path: Path, special_tokens) -> BPEModel:
+    # Every reader goes through read_checked: a set that an interrupted write
+    # left mixed or unfinished is refused for the files actually read.
     if path.is_dir():
-        check_set(path)  # refuse a set that an interrupted write left mixed
         for name in (MODEL_FILE, HF_FILE, VOCAB_FILE, TIKTOKEN_FILE):
             if (path / name).exists():
                 if name == VOCAB_FILE and not (path / MERGES_FILE).exists():
@@ -497,7 +500,6 @@ def _load_any(path: Path, special_tokens) -> BPEModel:
         )
     if not path.exists():
         raise FileNotFoundError(f"no such tokenizer file or directory: {str(path)!r}")
-    check_set(path.parent, [path.name] + ([MERGES_FILE] if path.name == VOCAB_FILE else []))
     name = path.name
     if name == MODEL_FILE:
         return load(path)

@@ -47,10 +47,6 @@ class TrainStats:
     longest_token: int = 0
 
     @property
-    def stopped_early(self) -> bool:
-        return self.num_merges < self.requested_merges
-
-    @property
     def bytes_per_token(self) -> float:
         return self.pretoken_bytes / self.tokens if self.tokens else 0.0
 
@@ -138,17 +134,14 @@ def train_with_stats(
     # 1. validate everything before reading a byte
     specials_str = _validate.special_tokens(special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
-    backend = _validate.backend(backend)
     nworkers = _validate.workers(workers)
     chunk_size = _validate.chunk_size(chunk_size)
-    max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
+    backend, run, max_token_length = _select(backend, max_token_length)  # a missing device fails before counting
     paths, texts = _validate.inputs(inputs)
     batches = False
     if texts is not None:
         texts, batches = peek_batches(texts)
-    backend, run = backends.select(backend)  # a missing device fails here, not after counting
-    backends.check_options(backend, max_token_length=max_token_length)
     specials = special_bytes(specials_str)
     show = want_progress(progress)
 
@@ -195,10 +188,7 @@ def _train_counts(counts, *, vocab_size, special_tokens, backend, progress, patt
         raise ValueError("the counts were made with another pattern: count again with this one, or leave pattern out")
     specials_str = tuple(wc.special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
-    backend = _validate.backend(backend)
-    max_token_length = _validate.max_token_length(max_token_length)
-    backend, run = backends.select(backend)
-    backends.check_options(backend, max_token_length=max_token_length)
+    backend, run, max_token_length = _select(backend, max_token_length)
     table = wc.to_table()
     t1 = time.perf_counter()
     model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
@@ -207,6 +197,15 @@ def _train_counts(counts, *, vocab_size, special_tokens, backend, progress, patt
     stats.input_bytes = sum(int(i.get("size", 0)) for i in wc.meta.get("inputs", []))
     stats.seconds_count = t1 - t0
     return model, stats
+
+
+def _select(backend, max_token_length):
+    """``(concrete backend name, backend, max_token_length)``, all checked: the
+    options every entry point hands the merge loop."""
+    max_token_length = _validate.max_token_length(max_token_length)
+    name, run = backends.select(_validate.backend(backend))
+    backends.check_options(name, max_token_length=max_token_length)
+    return name, run, max_token_length
 
 
 def _merge(table, *, vocab_size, special_tokens, backend, run, pattern, max_token_length, show):
@@ -286,12 +285,9 @@ def train_from_counts(
     """
     specials_str = _validate.special_tokens(special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
-    backend = _validate.backend(backend)
-    max_token_length = _validate.max_token_length(max_token_length)
     pattern = resolve_pattern(pattern)
     table = _word_table(word_counts)
-    name, run = backends.select(backend)
-    backends.check_options(name, max_token_length=max_token_length)
+    name, run, max_token_length = _select(backend, max_token_length)
     return _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=name, run=run,
                   pattern=pattern, max_token_length=max_token_length, show=want_progress(progress))[0]
 
