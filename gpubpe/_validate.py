@@ -72,11 +72,10 @@ def workers(n) -> int:
         raise TypeError(f"workers must be an int or None (all cores), got {type(n).__name__} ({n!r})")
     if n < 1:
         raise ValueError(f"workers must be a positive int or None (all cores), got {n!r}")
-    n = int(n)
-    if n > cores():
-        warnings.warn(f"workers={n} is more than the {cores()} cores this process may use: using {cores()}",
-                      stacklevel=3)
-        return cores()
+    n, have = int(n), cores()
+    if n > have:
+        warnings.warn(f"workers={n} is more than the {have} cores this process may use: using {have}", stacklevel=3)
+        return have
     return n
 
 
@@ -101,6 +100,11 @@ def max_token_length(n) -> int | None:
 
 
 STDIN = "-"
+
+# Suffixes read through a decompressor (gpubpe.corpus.open_input), and Parquet:
+# their first bytes say nothing about the text's encoding.
+COMPRESSED = (".gz", ".xz", ".bz2", ".zst")
+PARQUET = (".parquet",)
 
 _BOMS = ((b"\xff\xfe\x00\x00", "UTF-32-LE"), (b"\x00\x00\xfe\xff", "UTF-32-BE"),
          (b"\xff\xfe", "UTF-16-LE"), (b"\xfe\xff", "UTF-16-BE"))
@@ -154,7 +158,7 @@ def input_path(p) -> Path:
         if ("\n" in str(p) or " " in str(p)) and len(str(p)) > 40:
             hint = " (to train on text in memory, pass an iterator of str, e.g. iter([text]))"
         raise FileNotFoundError(f"input file not found: {str(p)[:200]!r}{hint}")
-    compressed = path.suffix.lower() in (".gz", ".xz", ".bz2", ".zst", ".parquet")
+    compressed = path.suffix.lower() in COMPRESSED + PARQUET
     if path.is_file() and not compressed:  # compressed text is checked once decompressed
         try:
             with open(path, "rb") as f:

@@ -19,11 +19,11 @@ def default_corpus_text():
     return io.TextIOWrapper(lzma.LZMAFile(io.BytesIO(raw)), encoding="utf-8", newline="")
 
 
-def _check_out_dir(out: Path, flag: str = "--out") -> None:
+def _check_out_dir(out: Path) -> None:
     """Fail before any work if the output directory cannot be written."""
     from ._files import check_writable
 
-    check_writable(out, f"{flag} directory")
+    check_writable(out, "--out directory")
 
 
 def _warn_line(message, category, filename, lineno, file=None, line=None) -> None:
@@ -111,11 +111,10 @@ def cmd_export(args) -> int:
 def cmd_count(args) -> int:
     import time
 
-    from ._files import check_writable
     from .counts import count, dask_client
 
     out = Path(args.out)
-    check_writable(out, "--out directory")
+    _check_out_dir(out)
     client = dask_client(args.dask) if args.dask else None
     t = time.perf_counter()
     try:
@@ -138,7 +137,7 @@ def cmd_count(args) -> int:
         print(f"time           {seconds:.2f} s ({nbytes / max(seconds, 1e-9) / 1e6:.1f} MB/s)", file=sys.stderr)
         shard_s = wc.run.get("shard_seconds")
         if shard_s:
-            rates = sorted(int(i["size"]) / max(t, 1e-9) / 1e6 for i, t in zip(wc.meta["inputs"], shard_s))
+            rates = sorted(int(i["size"]) / max(sec, 1e-9) / 1e6 for i, sec in zip(wc.meta["inputs"], shard_s))
             print(f"per worker     {rates[len(rates) // 2]:.1f} MB/s per shard (median of {len(rates)}), "
                   f"{sum(shard_s):.2f} s of shard time", file=sys.stderr)
         print(f"wrote          {out}", file=sys.stderr)
@@ -251,11 +250,8 @@ def main(argv=None) -> int:
         except KeyboardInterrupt:
             print("gpubpe: interrupted: nothing more was written (files saved before are intact)", file=sys.stderr)
             return 130
-        except _Fail as e:
-            print(f"gpubpe: {e}", file=sys.stderr)
-        except backends.BackendUnavailable as e:
-            print(f"gpubpe: {e}", file=sys.stderr)
-        except ImportError as e:  # an optional dependency (pyarrow, zstandard, dask): the message says what to install
+        # already worded: ours, a missing device, an optional dependency (the install command)
+        except (_Fail, backends.BackendUnavailable, ImportError) as e:
             print(f"gpubpe: {e}", file=sys.stderr)
         except MemoryError:
             print("gpubpe: out of memory: use fewer --workers, a smaller --vocab-size or a machine with more memory",

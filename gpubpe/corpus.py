@@ -285,9 +285,9 @@ def _cut_stream_at_specials(blocks, specials, chunk_size, on_bytes) -> Iterator[
 # a special token and never counted, so no pre-token spans two records.
 DOC_SEP = b"\xff"
 
-_COMPRESSED = (".gz", ".xz", ".bz2", ".zst")
+_COMPRESSED = _validate.COMPRESSED
 _JSONL = (".jsonl", ".ndjson", ".json")
-_PARQUET = (".parquet",)
+_PARQUET = _validate.PARQUET
 
 
 def _kind(path: Path) -> tuple[str, str]:

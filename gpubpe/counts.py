@@ -39,9 +39,9 @@ import numpy as np
 
 from . import _validate, config
 from ._files import check_set, write_set
-from .corpus import count_specials, iter_chunks, peek_batches, special_bytes
+from .corpus import special_bytes
 from .patterns import resolve_pattern
-from .pretok import count as _pretok_count
+from .pretok import count_inputs, table_of
 from .pretok import unicode as _unicode
 from .wordtable import WordTable
 
@@ -385,15 +385,11 @@ def count(
 
 def _count_local(paths, texts, *, workers, special_tokens, pattern, chunk_size, text_field, text_column,
                  on_bytes=None):
-    specials = special_bytes(special_tokens)
-    batches = False
-    if texts is not None:
-        texts, batches = peek_batches(texts)
     manifest: list = []
-    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern, text_field=text_field,
-                         text_column=text_column, manifest=manifest if paths is not None else None)
-    counted = _pretok_count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern)
-    table = WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
+    counted = count_inputs(paths, texts, special_bytes(special_tokens), workers=workers, pattern=pattern,
+                           chunk_size=chunk_size, on_bytes=on_bytes, text_field=text_field,
+                           text_column=text_column, manifest=manifest)
+    table = table_of(counted)
     return table.symbols.astype(np.uint8), table.offsets, table.counts, manifest
 
 

@@ -14,9 +14,9 @@ import numpy as np
 from . import _validate, backends, config
 from ._progress import bar, want_progress
 from .model import BPEModel
-from .corpus import count_specials, input_size, iter_chunks, peek_batches, special_bytes
+from .corpus import input_size, special_bytes
 from .patterns import resolve_pattern
-from .pretok import count_table, unicode as _unicode
+from .pretok import count_inputs, table_of, unicode as _unicode
 from .wordtable import WordTable
 
 
@@ -139,9 +139,6 @@ def train_with_stats(
     pattern = resolve_pattern(pattern)
     backend, run, max_token_length = _select(backend, max_token_length)  # a missing device fails before counting
     paths, texts = _validate.inputs(inputs)
-    batches = False
-    if texts is not None:
-        texts, batches = peek_batches(texts)
     specials = special_bytes(specials_str)
     show = want_progress(progress)
 
@@ -155,10 +152,9 @@ def train_with_stats(
         if read_bar is not None:
             read_bar.update(n)
 
-    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern,
-                         text_field=text_field, text_column=text_column)
     # the WordTable: the backend seam
-    table = count_table(chunks, count_specials(specials, paths, batches), workers=nworkers, pattern=pattern)
+    table = table_of(count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
+                                  on_bytes=on_bytes, text_field=text_field, text_column=text_column))
     if read_bar is not None:
         read_bar.close()
     if nbytes[0] == 0:

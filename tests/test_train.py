@@ -258,7 +258,7 @@ def no_counting(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("counting started before the input was validated")
 
-    monkeypatch.setattr(gpubpe.trainer, "count_table", boom)
+    monkeypatch.setattr(gpubpe.trainer, "count_inputs", boom)
 
 
 @pytest.mark.parametrize(

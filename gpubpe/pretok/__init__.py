@@ -32,7 +32,7 @@ from ..patterns import is_gpt2, resolve_pattern
 from . import unicode
 from .regex_engine import count_regex, findall_piece
 
-__all__ = ["count", "count_pretokens", "count_table", "pretokenize"]
+__all__ = ["count", "count_inputs", "count_pretokens", "count_table", "pretokenize", "table_of"]
 
 
 def pretokenize(data: bytes, *, special_tokens: Sequence[str] = (), pattern: str = "gpt2") -> list[bytes]:
@@ -109,16 +109,33 @@ def count(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int,
 
 
 def count_table(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int, pattern: str):
-    """Count the chunks' pre-tokens straight into a :class:`~gpubpe.wordtable.WordTable`.
+    """Count the chunks' pre-tokens straight into a :class:`~gpubpe.wordtable.WordTable`."""
+    return table_of(count(chunks, specials, workers=workers, pattern=pattern))
 
-    This is what training uses. On the Numba path the table's arrays come from
-    the hash tables directly (no dict of all words is built): symbols are the
-    byte values (int32), one row per unique pre-token, in no particular order.
-    """
+
+def table_of(counted):
+    """What :func:`count` made, as a :class:`~gpubpe.wordtable.WordTable`. On the
+    Numba path the table's arrays come from the hash tables directly (no dict
+    of all words is built): symbols are the byte values (int32), one row per
+    unique pre-token, in no particular order."""
     from ..wordtable import WordTable
 
-    counted = count(chunks, specials, workers=workers, pattern=pattern)
     return WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
+
+
+def count_inputs(paths, texts, specials: tuple[bytes, ...], *, workers: int, pattern: str, chunk_size: int,
+                 on_bytes=None, text_field: str = "text", text_column: str = "text", manifest: list | None = None):
+    """Count the inputs that :func:`gpubpe._validate.inputs` split into files or
+    a text iterable, as :func:`count` does: the one way from inputs to counts,
+    for :func:`count_pretokens`, training and :func:`gpubpe.count`. Record files
+    and text batches are cut between documents too (:func:`~gpubpe.corpus.count_specials`);
+    ``on_bytes`` and ``manifest`` as in :func:`~gpubpe.corpus.iter_chunks`."""
+    batches = False
+    if texts is not None:
+        texts, batches = peek_batches(texts)
+    chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern, text_field=text_field,
+                         text_column=text_column, manifest=manifest)
+    return count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern)
 
 
 def count_pretokens(
@@ -156,11 +173,8 @@ def count_pretokens(
         chunks = cut_stream(blocks, specials, chunk_size, pattern=pattern)
     else:
         paths, texts = _validate.inputs(source)
-        batches = False
-        if texts is not None:
-            texts, batches = peek_batches(texts)
-        chunks = iter_chunks(paths, texts, specials, chunk_size, pattern=pattern,
-                             text_field=text_field, text_column=text_column)
-        specials = count_specials(specials, paths, batches)
+        counted = count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
+                               text_field=text_field, text_column=text_column)
+        return counted if isinstance(counted, dict) else counted.to_dict()
     counted = count(chunks, specials, workers=nworkers, pattern=pattern)
     return counted if isinstance(counted, dict) else counted.to_dict()
