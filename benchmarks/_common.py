@@ -572,7 +572,7 @@ def update_results(key: str, section: str, *, path: str | os.PathLike = RESULTS_
         text = text[:i] + block + text[j + len(end):]
     else:
         text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from gpubpe.model import atomic_write_text
+    from gpubpe._files import atomic_write_text
 
     atomic_write_text(path, text)
     return path

@@ -96,6 +96,8 @@ def max_token_length(n) -> int | None:
         raise TypeError(f"max_token_length must be an int (bytes) or None, got {type(n).__name__} ({n!r})")
     if n < 2:
         raise ValueError(f"max_token_length must be at least 2 bytes (a merge makes 2 bytes or more), got {n!r}")
+    if n > 2**31 - 1:  # the CUDA kernels take it as an int
+        raise ValueError(f"max_token_length={n} does not fit the kernels' int: use at most 2**31 - 1")
     return int(n)
 
 

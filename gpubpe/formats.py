@@ -285,11 +285,6 @@ def export(obj, directory: str | os.PathLike, *, formats: Sequence[str] = FORMAT
     return write_set(directory, files)
 
 
-def native_layout(obj) -> bool:
-    """Whether ``model.json`` can hold ``obj`` (ids in the trainer's layout)."""
-    return _as_model(obj).is_native()
-
-
 def _native(obj) -> BPEModel:
     model = _as_model(obj)
     if not model.is_native():

@@ -8,7 +8,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._files import atomic_write_bytes, atomic_write_text, read_checked, write_set  # noqa: F401 (re-exported)
+from ._files import read_checked, write_set
 from .patterns import GPT2_PATTERN
 
 FORMAT = "gpubpe-bpe"

@@ -200,7 +200,6 @@ def _select(backend, max_token_length):
     options every entry point hands the merge loop."""
     max_token_length = _validate.max_token_length(max_token_length)
     name, run = backends.select(_validate.backend(backend))
-    backends.check_options(name, max_token_length=max_token_length)
     return name, run, max_token_length
 
 

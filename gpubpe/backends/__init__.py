@@ -57,13 +57,6 @@ def resolve(name: str) -> str:
     return name
 
 
-def check_options(name: str, *, max_token_length=None) -> None:
-    """Refuse, before any work, an option the backend does not implement
-    (every backend implements every option today; the check stays the one place)."""
-    if max_token_length is not None and max_token_length > 2**31 - 1:
-        raise ValueError(f"max_token_length={max_token_length} does not fit the kernels' int: use at most 2**31 - 1")
-
-
 def select(name: str) -> tuple[str, Callable]:
     """``(concrete name, backend)`` for ``name``: 'auto' resolved once."""
     name = resolve(name)
