@@ -320,8 +320,8 @@ def count(
     workers:   threads (GPT-2 pattern) or processes (others) in this process;
                None: all cores.
     executor:  a ``concurrent.futures.Executor`` (a process pool, Dask's
-               ``Client.get_executor()``, Ray's ``ray.util`` executor) or a Dask
-               ``Client``: each input file is counted as one task on it, and the
+               ``Client.get_executor()``, a wrapper over Ray as in the README)
+               or a Dask ``Client``: each input file is counted as one task on it, and the
                results are merged in ``buckets`` key-disjoint reduce tasks
                (default: twice the shards, at most 64). Needs file inputs.
     progress:  a bar on stderr (bytes read here, shards done on an executor);
@@ -357,9 +357,9 @@ def count(
         return wc
     if paths is None or any(str(p) == "-" for p in paths):
         raise ValueError("counting on an executor needs files (each one a task), not standard input or text in memory")
-    nb = buckets or min(64, 2 * len(paths))
-    if not _validate.is_int(nb) or nb < 1:
+    if buckets is not None and (not _validate.is_int(buckets) or buckets < 1):
         raise ValueError(f"buckets must be a positive int, got {buckets!r}")
+    nb = int(buckets) if buckets is not None else min(64, 2 * len(paths))
     meta = _meta(pattern=pattern, special_tokens=specials_str, inputs=[])
     shard_bar = bar(show, total=len(paths), unit="shard", desc="count")
     try:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -33,6 +32,7 @@ from numba import njit
 
 from . import _validate, config
 from ._files import umask
+from ._pool import process_pool
 from .corpus import input_size, iter_chunks, special_bytes
 from .tokenizer import Tokenizer, _word_bytes
 
@@ -83,30 +83,6 @@ _worker: _ChunkEncoder | None = None
 def _init_worker(encoder: _ChunkEncoder) -> None:
     global _worker
     _worker = encoder
-
-
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
-def _init_pool_worker(encoder: _ChunkEncoder, parent: int) -> None:
-    # Ctrl-C reaches the whole process group: the parent alone handles it,
-    # and stops the workers itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # a forked worker inherits the parent's SIGTERM handler, which raises;
-    # the parent's Process.terminate() must end a worker outright
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    if sys.platform.startswith("linux"):
-        # a parent killed outright (SIGKILL, OOM) cannot stop its workers,
-        # and they would wait for chunks forever
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-        if os.getppid() != parent:  # the parent died before prctl took effect
-            os._exit(1)
-    _init_worker(encoder)
 
 
 def _encode_chunk(data: bytes) -> np.ndarray:
@@ -763,14 +739,9 @@ def _assemble(idx, starts, sp_pos, sp_ids, voff, vals, loff, lvals, out):
 
 
 def _pool(workers: int, encoder: _ChunkEncoder):
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
     # fork hands the warm encoder (tokenizer, merge table, compiled kernels) to
     # the workers without pickling; elsewhere spawn rebuilds it per worker.
-    ctx = mp.get_context("fork") if sys.platform.startswith("linux") else mp.get_context("spawn")
-    return ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
-                               initargs=(encoder, os.getpid()))
+    return process_pool(workers, _init_worker, (encoder,))
 
 
 _STOP_SECONDS = config.ENCODE_STOP_SECONDS
