@@ -7,6 +7,7 @@ The public API is the names below; everything else is internal.
 >>> model.save("tok/")  # doctest: +SKIP
 """
 
+from ._version import __version__
 from .trainer import LongTokenWarning, TrainingStoppedEarly, train, train_bpe, train_from_counts
 from .counts import WordCounts, count
 from .model import BPEModel, UnicodeTableWarning, load
@@ -32,5 +33,3 @@ __all__ = [
     "train_from_counts",
     "WordTable",
 ]
-
-__version__ = "0.1.0"

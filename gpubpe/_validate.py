@@ -101,6 +101,25 @@ def max_token_length(n) -> int | None:
     return int(n)
 
 
+def ties(rule) -> str:
+    from .ties import TIES
+
+    if rule not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(map(repr, TIES))} (the CS336 rule, HF tokenizers', "
+                         f"rustbpe's), got {rule!r}")
+    return rule
+
+
+def min_frequency(n) -> int:
+    if n is None:
+        return 0
+    if not is_int(n):
+        raise TypeError(f"min_frequency must be an int or None, got {type(n).__name__} ({n!r})")
+    if n < 0:
+        raise ValueError(f"min_frequency must be >= 0 (a count), got {n!r}")
+    return int(n)
+
+
 STDIN = "-"
 
 # Suffixes read through a decompressor (gpubpe.corpus.open_input), and Parquet:

@@ -205,7 +205,7 @@ class WordCounts:
 
 
 def _meta(*, pattern: str, special_tokens: list[str], inputs: list) -> dict:
-    from . import __version__
+    from ._version import __version__
 
     return {"pattern": pattern, "special_tokens": special_tokens, "unicode": _unicode.table_id(),
             "gpubpe": __version__, "inputs": inputs}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -30,6 +31,15 @@ class BPEModel:
     unicode:        the Unicode class table the corpus was pre-tokenized with
                     (``regex-<version>:<hash>``, see :func:`gpubpe.pretok.unicode.table_id`);
                     ``None`` when unknown (a model from another tool).
+    specials_after: ``None`` (special tokens after every merge), or the number
+                    of merges before them: a model continued from a parent
+                    (``train(init=...)``) keeps every parent id, so its new
+                    merges follow the parent's special tokens.
+    merge_counts:   each merge's count when it was made (``None`` when unknown).
+    ties:           the tie rule it was trained with (:mod:`gpubpe.ties`).
+    record:         how it was made (gpubpe version, options, the inputs'
+                    manifest or the counts' digest, the parent, a digest of the
+                    merges): plain data, saved in ``model.json``.
 
     Two merges may create the same bytes (``(a, bc)`` and ``(ab, c)``); both
     ids stay in ``vocab``, and every export keeps the first (lowest) id for them.
@@ -40,33 +50,73 @@ class BPEModel:
     special_tokens: list[str] = field(default_factory=list)
     pattern: str = GPT2_PATTERN
     unicode: str | None = None
+    specials_after: int | None = None
+    merge_counts: list[int] | None = None
+    ties: str = "cs336"
+    record: dict | None = None
 
     @classmethod
-    def from_merge_ids(cls, merge_ids, special_tokens, pattern: str = GPT2_PATTERN, unicode: str | None = None) -> "BPEModel":
-        """Build from merges as ``(left_id, right_id)`` rows (what the backends return)."""
+    def from_merge_ids(cls, merge_ids, special_tokens, pattern: str = GPT2_PATTERN, unicode: str | None = None,
+                       *, specials_after: int | None = None, **fields) -> "BPEModel":
+        """Build from merges as ``(left_id, right_id)`` rows in the trainer's
+        numbering (merge i makes 256 + i; what the backends return)."""
+        n = len(merge_ids)
+        after = n if specials_after is None else min(int(specials_after), n)
+        nspecial = len(special_tokens)
+
+        def model_id(t: int) -> int:  # trainer numbering -> this model's ids
+            return t if t < 256 + after else t + nspecial
+
         vocab = {i: bytes([i]) for i in range(256)}
         merges = []
         for i, (a, b) in enumerate(merge_ids):
-            left, right = vocab[int(a)], vocab[int(b)]
+            left, right = vocab[model_id(int(a))], vocab[model_id(int(b))]
             merges.append((left, right))
-            vocab[256 + i] = left + right
-        base = len(vocab)
+            vocab[model_id(256 + i)] = left + right
         for j, s in enumerate(special_tokens):
-            vocab[base + j] = s.encode("utf-8")
-        return cls(vocab=vocab, merges=merges, special_tokens=list(special_tokens), pattern=pattern, unicode=unicode)
+            vocab[256 + after + j] = s.encode("utf-8")
+        vocab = dict(sorted(vocab.items()))
+        return cls(vocab=vocab, merges=merges, special_tokens=list(special_tokens), pattern=pattern, unicode=unicode,
+                   specials_after=None if after == n else after, **fields)
 
     def special_ids(self) -> dict[str, int]:
-        """``{special token: id}`` by the rule of :func:`assign_special_ids`."""
+        """``{special token: id}``: where the layout puts them when the model
+        has one, else by the rule of :func:`assign_special_ids`."""
+        if self.specials_after is not None:
+            base = 256 + self.specials_after
+            if all(self.vocab.get(base + j) == s.encode("utf-8") for j, s in enumerate(self.special_tokens)):
+                return {s: base + j for j, s in enumerate(self.special_tokens)}
         return assign_special_ids(self.vocab, self.special_tokens)[1]
 
     def is_native(self) -> bool:
         """Whether ``model.json`` can hold this model: ids in the trainer's layout
-        (bytes 0..255 by value, one id per merge in order, then the special tokens)."""
+        (bytes 0..255 by value, one id per merge in order, the special tokens
+        after the merges or after ``specials_after`` of them)."""
         try:
-            layout = BPEModel.from_merge_ids(self.merge_ids(), self.special_tokens)
+            layout = BPEModel.from_merge_ids(self.merge_ids(), self.special_tokens, specials_after=self.specials_after)
         except (KeyError, ValueError):
             return False
         return layout.vocab == self.vocab
+
+    def truncated(self, vocab_size: int) -> "BPEModel":
+        """The model with ``vocab_size`` ids: the first merges and every special
+        token. Greedy BPE is a prefix process (each merge depends only on those
+        before it), so this is exactly the model training to ``vocab_size``
+        would have made, from the same counts and options."""
+        if not self.is_native():
+            raise ValueError("only a model in the trainer's layout can be truncated (bytes, merges, special tokens)")
+        n = vocab_size - 256 - len(self.special_tokens)
+        if n < 0 or n > len(self.merges):
+            raise ValueError(f"vocab_size must be between {256 + len(self.special_tokens):,} and {len(self.vocab):,} "
+                             f"(this model's size), got {vocab_size:,}")
+        record = dict(self.record or {})
+        if record:
+            record["truncated_from"] = {"vocab_size": len(self.vocab), "merges_digest": record.get("merges_digest")}
+            record["merges_digest"] = merges_digest(self.merge_ids()[:n])
+        return BPEModel.from_merge_ids(
+            self.merge_ids()[:n], self.special_tokens, self.pattern, self.unicode, specials_after=self.specials_after,
+            merge_counts=None if self.merge_counts is None else self.merge_counts[:n], ties=self.ties,
+            record=record or None)
 
     def merge_ids(self) -> list[tuple[int, int]]:
         """Merges as id pairs, resolving each side to the id that created it."""
@@ -88,8 +138,14 @@ class BPEModel:
             "special_tokens": self.special_tokens,
             "vocab_size": len(self.vocab),
             "unicode": self.unicode,
-            # merge i is [left id, right id] and creates id 256 + i
+            "ties": self.ties,
+            "special_tokens_after": self.specials_after,
+            # merge i is [left id, right id] and creates id 256 + i (trainer
+            # numbering: ids from 256 + special_tokens_after on are shifted
+            # up by the number of special tokens)
             "merges": [list(p) for p in self.merge_ids()],
+            "merge_counts": self.merge_counts,
+            "record": self.record,
         }
         return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).replace("],[", "],\n[").encode("utf-8")
 
@@ -101,6 +157,13 @@ class BPEModel:
         (:mod:`gpubpe._files`), so an interruption never leaves two models mixed.
         """
         return write_set(directory, {MODEL_FILE: self.to_json()})[0]
+
+
+def merges_digest(merge_ids) -> str:
+    """SHA-256 of the merges as id pairs (trainer numbering): two runs made the
+    same merges exactly when their digests agree."""
+    doc = json.dumps([[int(a), int(b)] for a, b in merge_ids], separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(doc.encode()).hexdigest()
 
 
 def assign_special_ids(vocab, special_tokens) -> tuple[dict[int, bytes], dict[str, int]]:
@@ -168,7 +231,23 @@ def from_json(doc, path="model.json") -> BPEModel:
     unicode = doc.get("unicode")
     if unicode is not None and not isinstance(unicode, str):
         raise _malformed(path, f"'unicode' must be a string or null, got {str(unicode)[:80]}")
-    return BPEModel.from_merge_ids(merges, specials, pattern, unicode=unicode)
+    after = doc.get("special_tokens_after")
+    if after is not None and not (_is_int(after) and 0 <= after < len(merges)):
+        raise _malformed(path, f"'special_tokens_after' must be null or a merge count below {len(merges)}, got {after!r}")
+    counts = doc.get("merge_counts")
+    if counts is not None and not (isinstance(counts, list) and len(counts) == len(merges)
+                                   and all(_is_int(c) and c >= 0 for c in counts)):
+        raise _malformed(path, "'merge_counts' must be null or one count >= 0 per merge")
+    from .ties import TIES
+
+    ties = doc.get("ties", "cs336")
+    if ties not in TIES:
+        raise _malformed(path, f"'ties' must be one of {', '.join(TIES)}, got {str(ties)[:80]!r}")
+    record = doc.get("record")
+    if record is not None and not isinstance(record, dict):
+        raise _malformed(path, f"'record' must be an object or null, got {type(record).__name__}")
+    return BPEModel.from_merge_ids(merges, specials, pattern, unicode=unicode, specials_after=after,
+                                   merge_counts=counts, ties=ties, record=record)
 
 
 def load(directory: str | os.PathLike) -> BPEModel:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import threading
 import time
 import warnings
@@ -12,8 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from . import _validate, backends, config
+from . import ties as _ties
 from ._progress import bar, want_progress
-from .model import BPEModel
+from ._version import __version__
+from .model import BPEModel, merges_digest
 from .corpus import input_size, special_bytes
 from .patterns import resolve_pattern
 from .pretok import count_inputs, table_of, unicode as _unicode
@@ -45,6 +49,7 @@ class TrainStats:
     requested_merges: int = 0
     stop_reason: str = "the vocabulary size was reached"
     longest_token: int = 0
+    replayed: int = 0  # merges replayed from a parent model
 
     @property
     def bytes_per_token(self) -> float:
@@ -58,7 +63,8 @@ class TrainStats:
                 f"input          {self.input_bytes:,} bytes",
                 f"pre-tokens     {self.pretokens:,} ({self.unique_words:,} unique)",
                 f"merges         {self.num_merges:,} of {self.requested_merges:,}  (vocab size {self.vocab_size:,}): "
-                f"{self.stop_reason}",
+                f"{self.stop_reason}"
+                + (f"; the first {self.replayed:,} replayed from the parent" if self.replayed else ""),
                 f"longest token  {self.longest_token:,} bytes",
                 f"bytes/token    {self.bytes_per_token:.3f} on the training data (special tokens aside)",
                 f"time           pre-tokenize and count {self.seconds_count:.2f} s, "
@@ -67,7 +73,7 @@ class TrainStats:
         )
 
 
-def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int | None):
+def _run_merges(run, table, num_merges: int, show: bool, options):
     """Run the backend in a worker thread while this thread waits, draws the
     bar from the progress counter, and takes interrupts.
 
@@ -86,7 +92,7 @@ def _run_merges(run, table, num_merges: int, show: bool, max_token_length: int |
 
     def work():
         try:
-            result.append(run(table, num_merges, progress, max_token_length=max_token_length))
+            result.append(run(table, num_merges, progress, options))
         except BaseException as e:  # re-raised in the caller's thread
             error.append(e)
 
@@ -118,26 +124,29 @@ def train_with_stats(
     workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
-    pattern: str = "gpt2",
+    pattern: str | None = None,
     max_token_length: int | None = None,
+    ties: str = "cs336",
+    min_frequency: int | None = None,
+    init: BPEModel | None = None,
     text_field: str = "text",
     text_column: str = "text",
 ) -> tuple[BPEModel, TrainStats]:
     """:func:`train`, also returning what the run did (:class:`TrainStats`)."""
     from .counts import WordCounts
 
+    rules = _rules(backend, max_token_length=max_token_length, ties=ties, min_frequency=min_frequency, init=init)
     if isinstance(inputs, WordCounts) or (
         isinstance(inputs, (list, tuple)) and inputs and all(isinstance(x, WordCounts) for x in inputs)
     ):
-        return _train_counts(inputs, vocab_size=vocab_size, special_tokens=special_tokens, backend=backend,
-                             progress=progress, pattern=pattern, max_token_length=max_token_length)
-    # 1. validate everything before reading a byte
-    specials_str = _validate.special_tokens(special_tokens)
+        return _train_counts(inputs, vocab_size=vocab_size, special_tokens=special_tokens, rules=rules,
+                             progress=progress, pattern=pattern)
+    # 1. validate everything before reading a byte (a missing device fails in _rules, before counting)
+    specials_str, pattern = _parent_settings(init, special_tokens, pattern)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
+    _check_parent_size(init, vocab_size)
     nworkers = _validate.workers(workers)
     chunk_size = _validate.chunk_size(chunk_size)
-    pattern = resolve_pattern(pattern)
-    backend, run, max_token_length = _select(backend, max_token_length)  # a missing device fails before counting
     paths, texts = _validate.inputs(inputs)
     specials = special_bytes(specials_str)
     show = want_progress(progress)
@@ -153,22 +162,24 @@ def train_with_stats(
             read_bar.update(n)
 
     # the WordTable: the backend seam
+    manifest: list = []
     table = table_of(count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
-                                  on_bytes=on_bytes, text_field=text_field, text_column=text_column))
+                                  on_bytes=on_bytes, text_field=text_field, text_column=text_column,
+                                  manifest=manifest))
     if read_bar is not None:
         read_bar.close()
     if nbytes[0] == 0:
         raise ValueError("the input is empty: nothing to train on")
     t1 = time.perf_counter()
 
-    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
-                          pattern=pattern, max_token_length=max_token_length, show=show)
+    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, rules=rules, pattern=pattern,
+                          show=show, source={"inputs": manifest if paths else "an iterable of text"})
     stats.input_bytes = nbytes[0]
     stats.seconds_count = t1 - t0
     return model, stats
 
 
-def _train_counts(counts, *, vocab_size, special_tokens, backend, progress, pattern, max_token_length):
+def _train_counts(counts, *, vocab_size, special_tokens, rules, progress, pattern):
     """Training from :class:`~gpubpe.WordCounts` (several are merged first):
     the counts' pattern and special tokens are the model's; asking for others
     is an error, since the counts cannot be re-cut."""
@@ -180,53 +191,159 @@ def _train_counts(counts, *, vocab_size, special_tokens, backend, progress, patt
     if specials_str and list(specials_str) != wc.special_tokens:
         raise ValueError(f"the counts were made with special tokens {wc.special_tokens}, not {list(specials_str)}: "
                          "count again with these, or leave special_tokens out")
-    if pattern != "gpt2" and resolve_pattern(pattern) != wc.pattern:
+    if pattern is not None and resolve_pattern(pattern) != wc.pattern:
         raise ValueError("the counts were made with another pattern: count again with this one, or leave pattern out")
+    if rules.parent is not None:
+        _parent_settings(rules.parent, wc.special_tokens, wc.pattern, what="the counts were made")
     specials_str = tuple(wc.special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
-    backend, run, max_token_length = _select(backend, max_token_length)
+    _check_parent_size(rules.parent, vocab_size)
     table = wc.to_table()
     t1 = time.perf_counter()
-    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=backend, run=run,
-                          pattern=wc.pattern, max_token_length=max_token_length, show=want_progress(progress))
+    model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, rules=rules, pattern=wc.pattern,
+                          show=want_progress(progress),
+                          source={"inputs": wc.meta.get("inputs", []), "counts": _table_digest(table)})
     model.unicode = wc.meta.get("unicode") or model.unicode
+    model.record["unicode"] = model.unicode
     stats.input_bytes = sum(int(i.get("size", 0)) for i in wc.meta.get("inputs", []))
     stats.seconds_count = t1 - t0
     return model, stats
 
 
-def _select(backend, max_token_length):
-    """``(concrete backend name, backend, max_token_length)``, all checked: the
-    options every entry point hands the merge loop."""
+@dataclass(frozen=True)
+class _Rules:
+    """Every option that decides the merges, checked, and the backend that runs them."""
+
+    backend: str
+    run: object
+    max_token_length: int | None
+    ties: str
+    min_frequency: int
+    parent: BPEModel | None
+
+
+def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
+    if init is not None and not isinstance(init, BPEModel):
+        raise TypeError(f"init must be a gpubpe.BPEModel (gpubpe.load('tok/')), got {type(init).__name__}")
+    if init is not None and not init.is_native():
+        raise ValueError("init: the parent's ids are not in the trainer's layout (bytes 0..255, merges, special "
+                         "tokens), so its ids cannot be kept: continue from a model gpubpe trained")
+    ties = _validate.ties(ties)
+    if init is not None and init.ties != ties:
+        raise ValueError(f"init: the parent was trained with ties={init.ties!r}; continue with the same rule "
+                         f"(ties={init.ties!r}), or the merges would not be one run")
     max_token_length = _validate.max_token_length(max_token_length)
+    min_frequency = _validate.min_frequency(min_frequency)
     name, run = backends.select(_validate.backend(backend))
-    return name, run, max_token_length
+    return _Rules(name, run, max_token_length, ties, min_frequency, init)
 
 
-def _merge(table, *, vocab_size, special_tokens, backend, run, pattern, max_token_length, show):
+def _parent_settings(parent, special_tokens, pattern, what="asked for"):
+    """``(special tokens, pattern)`` of a run: the parent's when continuing
+    (a mismatch is refused: the parent's merges were learnt on text cut and
+    split its way; an explicit ``pattern=`` is taken as given)."""
+    specials = _validate.special_tokens(special_tokens)
+    if parent is None:
+        return specials, resolve_pattern("gpt2" if pattern is None else pattern)
+    if specials and list(specials) != parent.special_tokens:
+        raise ValueError(f"init: the parent has special tokens {parent.special_tokens}, and {what} with "
+                         f"{list(specials)}: leave special_tokens out to use the parent's")
+    if what != "asked for" and resolve_pattern(pattern) != parent.pattern:
+        raise ValueError("init: the counts were made with another pattern than the parent's: count again with "
+                         "the parent's pattern (gpubpe.load(...).pattern)")
+    return tuple(parent.special_tokens), resolve_pattern(parent.pattern if pattern is None else pattern)
+
+
+def _check_parent_size(parent, vocab_size):
+    if parent is not None and vocab_size < len(parent.vocab):
+        raise ValueError(f"init: vocab_size={vocab_size:,} is below the parent's {len(parent.vocab):,}: a smaller "
+                         f"vocabulary is a truncation of the parent (`gpubpe export --vocab-size`, "
+                         f"BPEModel.truncated), not a continuation")
+
+
+def _table_digest(table) -> str:
+    h = hashlib.sha256()
+    for a in (table.symbols, table.offsets, table.counts):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def _first_duplicate(merge_ids) -> int:
+    """The index of the first merge whose bytes an earlier token holds, or -1."""
+    tok = [bytes([i]) for i in range(256)]
+    seen = set(tok)
+    for i, (a, b) in enumerate(merge_ids):
+        t = tok[a] + tok[b]
+        if t in seen:
+            return i
+        seen.add(t)
+        tok.append(t)
+    return -1
+
+
+def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
     """The merge loop over a WordTable, its memory sized by the merges that can
     happen, and the model with what the run did (counting fields left zero)."""
     pretokens = int(table.counts.sum())
     pretoken_bytes = int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum())
     requested = vocab_size - 256 - len(special_tokens)
-    num_merges = min(requested, table.max_merges())
+    parent = rules.parent
+    forced = np.zeros((0, 2), np.int32) if parent is None else np.asarray(parent.merge_ids(), np.int32).reshape(-1, 2)
+    # a parent's merges are made even where they change no word here
+    num_merges = min(requested, len(forced) + table.max_merges())
+    options = backends.MergeOptions(max_len=rules.max_token_length or 0, rank=_ties.byte_rank(rules.ties),
+                                    forced=forced, min_count=rules.min_frequency)
     t1 = time.perf_counter()
-    merge_ids, ntokens = _run_merges(run, table, num_merges, show, max_token_length)
+    merge_ids, merge_counts, ntokens = _run_merges(rules.run, table, num_merges, show, options)
+    if _ties.reuses_ids(rules.ties) and len(merge_ids):
+        dup = _first_duplicate(np.asarray(merge_ids).tolist())
+        if dup >= 0:
+            # HF keeps one id per distinct string, so its run leaves this one
+            # at the first merge that repeats a token: the merges up to it
+            # stand, and the rest is run again with that id reused (the plain
+            # Python loop: a rare case, kept simple and exact)
+            from .backends.cpu_python import merge_loop_python
+
+            again = dataclasses.replace(options, forced=np.asarray(merge_ids[: dup + 1], np.int32))
+            merge_ids, merge_counts, ntokens = merge_loop_python(
+                table.symbols, table.offsets, table.counts, requested, np.zeros(2, np.int64), again.max_len,
+                again.rank, again.forced, again.min_count, reuse=True)
     t2 = time.perf_counter()
 
-    model = BPEModel.from_merge_ids(np.asarray(merge_ids).tolist(), special_tokens, pattern=pattern,
-                                    unicode=_unicode.table_id())
+    merge_ids = np.asarray(merge_ids).tolist()
+    made = len(merge_ids)
+    record = {
+        "gpubpe": __version__,
+        "pattern": pattern,
+        "unicode": _unicode.table_id(),
+        "special_tokens": list(special_tokens),
+        "ties": rules.ties,
+        "options": {"vocab_size": vocab_size, "max_token_length": rules.max_token_length,
+                    "min_frequency": rules.min_frequency, "backend": rules.backend},
+        **source,
+        "parent": None if parent is None else {
+            "vocab_size": len(parent.vocab),
+            "merges_digest": merges_digest(parent.merge_ids()),
+        },
+        "merges_digest": merges_digest(merge_ids),
+    }
+    model = BPEModel.from_merge_ids(merge_ids, special_tokens, pattern=pattern, unicode=_unicode.table_id(),
+                                    specials_after=None if parent is None else len(parent.merges),
+                                    merge_counts=[int(c) for c in merge_counts], ties=rules.ties, record=record)
     longest = max((len(a) + len(b) for a, b in model.merges), default=1)
-    if len(model.merges) >= requested:
+    distinct = len(set(model.vocab.values()) - {s.encode() for s in special_tokens}) - 256
+    if made >= requested or distinct >= requested:
         reason = "the vocabulary size was reached"
     elif pretokens == 0:
         reason = "the input holds only special tokens: there is nothing to merge"
-    elif max_token_length is not None:
-        reason = f"no pair is left whose token would fit in max_token_length={max_token_length} bytes"
+    elif rules.min_frequency and made < num_merges:
+        reason = f"the best pair left occurs fewer than min_frequency={rules.min_frequency:,} times"
+    elif rules.max_token_length is not None:
+        reason = f"no pair is left whose token would fit in max_token_length={rules.max_token_length} bytes"
     else:
         reason = "no pair is left to merge (every pre-token is one token)"
-    if len(model.merges) < requested:
-        warnings.warn(f"training stopped after {len(model.merges):,} of {requested:,} merges: {reason}; "
+    if made < requested and reason != "the vocabulary size was reached":
+        warnings.warn(f"training stopped after {made:,} of {requested:,} merges: {reason}; "
                       f"the vocabulary has {len(model.vocab):,} ids, not {vocab_size:,}",
                       TrainingStoppedEarly, stacklevel=4)
     if longest > config.LONG_TOKEN_WARN_BYTES:
@@ -234,11 +351,11 @@ def _merge(table, *, vocab_size, special_tokens, backend, run, pattern, max_toke
                       f"every export spells each token out: pass max_token_length= to cap "
                       f"tokens", LongTokenWarning, stacklevel=4)
     stats = TrainStats(
-        backend=backend,
+        backend=rules.backend,
         input_bytes=0,
         pretokens=pretokens,
         unique_words=table.num_words,
-        num_merges=len(model.merges),
+        num_merges=made,
         vocab_size=len(model.vocab),
         tokens=int(ntokens),
         pretoken_bytes=pretoken_bytes,
@@ -247,6 +364,7 @@ def _merge(table, *, vocab_size, special_tokens, backend, run, pattern, max_toke
         requested_merges=requested,
         stop_reason=reason,
         longest_token=longest,
+        replayed=len(forced),
     )
     return model, stats
 
@@ -260,6 +378,8 @@ def train_from_counts(
     pattern: str = "gpt2",
     progress: bool | None = None,
     max_token_length: int | None = None,
+    ties: str = "cs336",
+    min_frequency: int | None = None,
 ) -> BPEModel:
     """Train from pre-token counts instead of a corpus: the merge loop alone.
 
@@ -281,10 +401,10 @@ def train_from_counts(
     specials_str = _validate.special_tokens(special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
     pattern = resolve_pattern(pattern)
+    rules = _rules(backend, max_token_length=max_token_length, ties=ties, min_frequency=min_frequency, init=None)
     table = _word_table(word_counts)
-    name, run, max_token_length = _select(backend, max_token_length)
-    return _merge(table, vocab_size=vocab_size, special_tokens=specials_str, backend=name, run=run,
-                  pattern=pattern, max_token_length=max_token_length, show=want_progress(progress))[0]
+    return _merge(table, vocab_size=vocab_size, special_tokens=specials_str, rules=rules, pattern=pattern,
+                  show=want_progress(progress), source={"counts": _table_digest(table)})[0]
 
 
 def train(
@@ -296,8 +416,11 @@ def train(
     workers: int | None = None,
     chunk_size: int = config.CHUNK_SIZE,
     progress: bool | None = None,
-    pattern: str = "gpt2",
+    pattern: str | None = None,
     max_token_length: int | None = None,
+    ties: str = "cs336",
+    min_frequency: int | None = None,
+    init: BPEModel | None = None,
     text_field: str = "text",
     text_column: str = "text",
 ) -> BPEModel:
@@ -320,7 +443,8 @@ def train(
                     other patterns.
     chunk_size:     bytes per pre-tokenization chunk; the result does not depend on it.
     progress:       progress bars on stderr (default: when stderr is a terminal).
-    pattern:        pre-tokenization: 'gpt2' (default; the fast byte-level path),
+    pattern:        pre-tokenization: 'gpt2' (the default, or the parent's with
+                    ``init``; the fast byte-level path),
                     'cl100k', 'o200k' (tiktoken's patterns) or any regex for the
                     `regex` package (slower, same results as regex.findall). The
                     model stores the regex itself.
@@ -328,7 +452,22 @@ def train(
     text_column:    the Parquet column that holds the text (default ``text``).
     max_token_length: None (default: exact, no cap) or the most bytes a merged
                     token may hold: a pair whose token would be longer is never
-                    merged (everything else, ties included, unchanged).
+                    merged (everything else, ties included, unchanged). HF
+                    ``tokenizers``' own cap L lets tokens of at most
+                    max(2, L - 1) bytes through: pass that for HF's behaviour.
+    ties:           the rule for equal counts: 'cs336' (default: the greatest
+                    (left bytes, right bytes)), 'hf' (HF tokenizers' BpeTrainer
+                    with ByteLevel, bit for bit, one id per distinct token
+                    string) or 'rustbpe' (rustbpe and bpeasy); see :mod:`gpubpe.ties`.
+    min_frequency:  stop at the first best pair that occurs fewer times (HF's
+                    ``min_frequency``); the merges are a prefix of the run without it.
+    init:           a model to continue (:func:`gpubpe.load`): the input is cut
+                    and split with its special tokens and pattern, its merges are
+                    replayed with training semantics, and training goes on to
+                    ``vocab_size``; every parent id keeps its meaning, and the new
+                    ids follow the parent's last id (its special tokens
+                    included). Training to n and continuing to N gives exactly
+                    the merges of training to N.
 
     Fewer merges than asked for (no pair left, only special tokens) warn with
     :class:`TrainingStoppedEarly`; tokens over a megabyte warn with
@@ -349,6 +488,9 @@ def train(
         progress=progress,
         pattern=pattern,
         max_token_length=max_token_length,
+        ties=ties,
+        min_frequency=min_frequency,
+        init=init,
         text_field=text_field,
         text_column=text_column,
     )[0]

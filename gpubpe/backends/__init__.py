@@ -1,19 +1,37 @@
 """Backend selection. Backends load on first use: ``import gpubpe`` imports
 neither Numba nor CuPy (DESIGN §3).
 
-A backend is a function ``(WordTable, num_merges, progress, *, max_token_length=None)
--> (merges, ntokens)``
-where ``merges`` is int32[n, 2] of token ids and ``progress`` an int64[2] array:
+A backend is a function ``(WordTable, num_merges, progress, *, options) ->
+(merges, counts, ntokens)`` where ``merges`` is int32[n, 2] of token ids,
+``counts`` int64[n] each merge's count when it was made, ``ntokens`` the
+tokens the words hold after the merges, and ``progress`` an int64[2] array:
 the backend keeps ``progress[0]`` set to the number of merges done, and stops
 early (returning the merges made so far) once another thread sets
 ``progress[1]`` (how an interrupt reaches a loop that runs in compiled code).
 ``num_merges`` is at most :meth:`WordTable.max_merges`, so no backend sizes
 its memory by a vocabulary that cannot be reached.
+
+``options`` (:class:`MergeOptions`) are the rules every backend honours:
+``max_len`` (0 or the most bytes a token may hold), ``rank`` (the tie rule's
+byte rank table, :func:`gpubpe.ties.byte_rank`), ``forced`` (int32[k, 2], the
+first k merges given: a parent model replayed) and ``min_count`` (stop at the
+first chosen pair whose count is below it).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    max_len: int = 0
+    rank: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    forced: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int32))
+    min_count: int = 0
 
 
 class BackendUnavailable(RuntimeError):
@@ -24,13 +42,14 @@ def _cpu(engine: str = "auto"):
     """engine: 'numba', 'python' (small tables) or 'auto' (by table size)."""
     from .. import config
 
-    def run(table, num_merges, progress, *, max_token_length=None):
+    def run(table, num_merges, progress, options=MergeOptions()):
         small = table.symbols.shape[0] <= config.SMALL_TABLE_SYMBOLS
         if engine == "python" or (engine == "auto" and small):
             from .cpu_python import merge_loop_python as loop
         else:
             from .cpu import merge_loop as loop
-        return loop(table.symbols, table.offsets, table.counts, num_merges, progress, max_token_length or 0)
+        return loop(table.symbols, table.offsets, table.counts, num_merges, progress, options.max_len,
+                    options.rank, options.forced, options.min_count)
 
     return run
 

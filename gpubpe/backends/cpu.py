@@ -179,17 +179,33 @@ def _tok_cmp(buf, toff, tlen, x, y):
     return np.int64(lx) - np.int64(ly)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rank(rank, t):
+    return rank[t] if t < 256 else t
+
+
 @njit(cache=True, nogil=True)
-def _above(h, i, j, buf, toff, tlen):
+def _above(h, i, j, buf, toff, tlen, rank):
     """True when heap entry i ranks strictly above entry j: higher count, then
-    the greater (left bytes, right bytes). Entries carry their pair's key, so a
-    comparison reads only the heap and the (small, cached) token bytes."""
+    the tie rule. Entries carry their pair's key, so a comparison reads only
+    the heap and the (small, cached) token bytes or ranks.
+
+    ``rank`` empty: the CS336 rule, the greater (left bytes, right bytes).
+    ``rank`` int64[256]: the id-order rules (``gpubpe.ties``), the smaller
+    (rank(left), rank(right)) where rank(t) is ``rank[t]`` for a byte and t
+    for a merge."""
     if h[i, 0] != h[j, 0]:
         return h[i, 0] > h[j, 0]
     k1 = h[i, 1]
     k2 = h[j, 1]
     if k1 == k2:
         return False
+    if rank.shape[0] != 0:
+        l1 = k1 >> 32
+        l2 = k2 >> 32
+        if l1 != l2:
+            return _rank(rank, l1) < _rank(rank, l2)
+        return _rank(rank, k1 & 0xFFFFFFFF) < _rank(rank, k2 & 0xFFFFFFFF)
     r = _tok_cmp(buf, toff, tlen, k1 >> 32, k2 >> 32)
     if r != 0:
         return r > 0
@@ -205,7 +221,7 @@ def _swap(h, i, j):
 
 
 @njit(cache=True, nogil=True)
-def _sift_down(h, size, i, buf, toff, tlen):
+def _sift_down(h, size, i, buf, toff, tlen, rank):
     # 4-ary: half the levels of a binary heap, and the four children of a row
     # are adjacent (two cache lines), so a pop from a large heap misses less.
     while True:
@@ -214,26 +230,26 @@ def _sift_down(h, size, i, buf, toff, tlen):
             return
         best = c
         for d in range(c + 1, min(c + 4, size)):
-            if _above(h, d, best, buf, toff, tlen):
+            if _above(h, d, best, buf, toff, tlen, rank):
                 best = d
-        if not _above(h, best, i, buf, toff, tlen):
+        if not _above(h, best, i, buf, toff, tlen, rank):
             return
         _swap(h, i, best)
         i = best
 
 
 @njit(cache=True, nogil=True)
-def _sift_up(h, i, buf, toff, tlen):
+def _sift_up(h, i, buf, toff, tlen, rank):
     while i > 0:
         parent = (i - 1) >> 2
-        if not _above(h, i, parent, buf, toff, tlen):
+        if not _above(h, i, parent, buf, toff, tlen, rank):
             return
         _swap(h, i, parent)
         i = parent
 
 
 @njit(cache=True, nogil=True)
-def _heap_push(h, size, count, key, p, buf, toff, tlen):
+def _heap_push(h, size, count, key, p, buf, toff, tlen, rank):
     if size == h.shape[0]:
         grown = np.empty((2 * size, 3), np.int64)
         grown[:size] = h
@@ -241,12 +257,12 @@ def _heap_push(h, size, count, key, p, buf, toff, tlen):
     h[size, 0] = count
     h[size, 1] = key
     h[size, 2] = p
-    _sift_up(h, size, buf, toff, tlen)
+    _sift_up(h, size, buf, toff, tlen, rank)
     return h, size + 1
 
 
 @njit(cache=True, nogil=True)
-def _refill(h, pdata, npairs, thresh, buf, toff, tlen):
+def _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank):
     """Lower the heap's threshold below ``thresh`` and admit the pairs it now covers.
 
     Called when the heap holds no pair of count >= ``thresh``. The new
@@ -275,12 +291,46 @@ def _refill(h, pdata, npairs, thresh, buf, toff, tlen):
             h[size, 2] = p
             size += 1
     for i in range((size - 2) // 4, -1, -1):
-        _sift_down(h, size, i, buf, toff, tlen)
+        _sift_down(h, size, i, buf, toff, tlen, rank)
     return h, size, low
 
 
 @njit(cache=True, nogil=True)
-def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
+def _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len):
+    """Pop the best valid heap entry: ``(pair id or -1 when none is left, h,
+    size, thresh)``. A stale-high row is re-pushed with its true count; a pair
+    whose token would exceed ``max_len`` is dropped (its tokens' lengths never
+    change and its count only falls, so it can never become a candidate, and
+    the order of all other pairs is unchanged)."""
+    while True:
+        if size == 0:
+            if thresh <= 1:
+                return -1, h, size, thresh  # every live pair has been admitted: none is left
+            h, size, thresh = _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank)
+            if size == 0:
+                return -1, h, size, thresh
+        c = h[0, 0]
+        key = h[0, 1]
+        p = h[0, 2]
+        size -= 1
+        if size > 0:
+            h[0, 0] = h[size, 0]
+            h[0, 1] = h[size, 1]
+            h[0, 2] = h[size, 2]
+            _sift_down(h, size, 0, buf, toff, tlen, rank)
+        cur = pdata[p, _COUNT]
+        if cur == c and c > 0:
+            if max_len > 0 and tlen[key >> 32] + tlen[key & 0xFFFFFFFF] > max_len:
+                continue
+            return p, h, size, thresh
+        if cur >= thresh and cur < c:
+            # stale-high entry: re-insert with the true count (below
+            # thresh it waits for _refill like any other pair)
+            h, size = _heap_push(h, size, cur, key, p, buf, toff, tlen, rank)
+
+
+@njit(cache=True, nogil=True)
+def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count):
     """Run up to ``num_merges`` merges over the WordTable.
 
     symbols: int32[total] byte values (0..255), CSR by word; not modified.
@@ -294,8 +344,14 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
     would be longer is dropped when it reaches the top of the heap (its
     tokens' lengths never change and its count only falls, so it can never
     become a candidate), which leaves the order of all other pairs unchanged.
-    Returns ``(merges, ntokens)``: int32[n, 2] with n <= num_merges (fewer when
-    no pair is left), and the number of tokens the words now hold, weighted.
+    rank: int64[0] for the CS336 tie rule, or int64[256] for an id-order rule
+    (see ``_above``).
+    forced: int32[k, 2]: the first k merges, given (a parent model's, replayed
+    with training semantics; k <= num_merges), then the loop chooses.
+    min_count: the loop stops at the first chosen pair whose count is below it.
+    Returns ``(merges, counts, ntokens)``: int32[n, 2] with n <= num_merges
+    (fewer when no pair is left), each merge's count when it was made, and
+    the number of tokens the words now hold, weighted.
     """
     nwords = counts.shape[0]
     stoppable = progress.shape[0] > 1
@@ -376,7 +432,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
     # not the ~10^6 pairs a full heap holds on a 38 MB corpus), so pops and
     # pushes stay in cache, and most new pairs (small counts) are never pushed.
     h = np.empty((max(1024, 4 * npairs), 3), np.int64)
-    h, size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen)
+    h, size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen, rank)
 
     merges = np.empty((num_merges, 2), np.int32)
     # Every pair a merge creates holds the new token t, and is new: (x, t) is
@@ -387,42 +443,40 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
     tmp = np.empty(2 * 4096, np.int32)
     rnew = np.full(256 + num_merges, -1, np.int64)
 
+    # The pairs merge m created are the ids made_at[m] .. made_at[m + 1] - 1.
+    # A pair (x, y) is made in the merge that creates the later of x and y (or
+    # is two bytes), so a forced merge finds its pair there without a hash table.
+    made_at = np.zeros(num_merges + 1, np.int64)
+    made_at[0] = npairs
+    mcount = np.zeros(num_merges, np.int64)  # each merge's count when chosen
+
     # ---- phase 3: the merge loop ------------------------------------------
     m = 0
     while m < num_merges:
-        # pop the best valid entry
-        best = -1
-        while True:
-            if size == 0:
-                if thresh <= 1:
-                    break  # every live pair has been admitted: none is left
-                h, size, thresh = _refill(h, pdata, npairs, thresh, buf, toff, tlen)
-                if size == 0:
-                    break
-            c = h[0, 0]
-            key = h[0, 1]
-            p = h[0, 2]
-            size -= 1
-            if size > 0:
-                h[0, 0] = h[size, 0]
-                h[0, 1] = h[size, 1]
-                h[0, 2] = h[size, 2]
-                _sift_down(h, size, 0, buf, toff, tlen)
-            cur = pdata[p, _COUNT]
-            if cur == c and c > 0:
-                if max_len > 0 and tlen[key >> 32] + tlen[key & 0xFFFFFFFF] > max_len:
-                    continue
-                best = p
+        if m < forced.shape[0]:
+            # a parent model's merge, replayed with training semantics: its
+            # pair may be absent here (then it only makes the token)
+            a = np.int64(forced[m, 0])
+            b = np.int64(forced[m, 1])
+            best = -1
+            if a < 256 and b < 256:
+                best = byte_pair[a * 256 + b]
+            else:
+                later = max(a, b) - 256
+                want = (a << 32) | b
+                for q in range(made_at[later], made_at[later + 1]):
+                    if pdata[q, _KEY] == want:
+                        best = q
+                        break
+            if best != -1:
+                mcount[m] = pdata[best, _COUNT]
+        else:
+            best, h, size, thresh = _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len)
+            if best == -1 or pdata[best, _COUNT] < min_count:
                 break
-            if cur >= thresh and cur < c:
-                # stale-high entry: re-insert with the true count (below
-                # thresh it waits for _refill like any other pair)
-                h, size = _heap_push(h, size, cur, key, p, buf, toff, tlen)
-        if best == -1:
-            break
-        best_key = pdata[best, _KEY]
-        a = best_key >> 32
-        b = best_key & 0xFFFFFFFF
+            mcount[m] = pdata[best, _COUNT]
+            a = pdata[best, _KEY] >> 32
+            b = pdata[best, _KEY] & 0xFFFFFFFF
         t = 256 + m
         merges[m, 0] = a
         merges[m, 1] = b
@@ -443,8 +497,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
 
         first_new = npairs
         nt = 0
-        bvs = pdata[best, _VSTART]
-        bvl = pdata[best, _VLEN]
+        bvs = pdata[best, _VSTART] if best != -1 else 0
+        bvl = pdata[best, _VLEN] if best != -1 else 0
         for vi in range(bvl):
             # The words are known in advance: ask for the records of words
             # 16 ahead, and for the symbols of words 8 ahead (whose records
@@ -525,9 +579,10 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
                         tmp[2 * nt + 1] = k
                         nt += 1
                     last = q
-        garbage += pdata[best, _VLEN]
-        pdata[best, _COUNT] = 0
-        pdata[best, _VLEN] = 0
+        if best != -1:
+            garbage += pdata[best, _VLEN]
+            pdata[best, _COUNT] = 0
+            pdata[best, _VLEN] = 0
         pool, used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
         if 4 * garbage > used and garbage > (1 << 20):
             used = _compact(pool, pdata, npairs)
@@ -540,7 +595,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
             else:
                 rnew[key & 0xFFFFFFFF] = -1
             if pdata[p, _COUNT] >= thresh:
-                h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen)
+                h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
+        made_at[m + 1] = npairs
         m += 1
         progress[0] = m
         if stoppable and progress[1] != 0:
@@ -549,4 +605,4 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len):
     ntokens = np.int64(0)
     for k in range(nwords):
         ntokens += wd[k, _LEN] * wd[k, _WCOUNT]
-    return merges[:m].copy(), ntokens
+    return merges[:m].copy(), mcount[:m].copy(), ntokens
