@@ -58,8 +58,11 @@ def cmd_train(args) -> int:
         backend=args.backend,
         workers=args.workers,
         pattern=args.pattern,
-        progress=False if args.quiet else None,
+        progress=False if args.quiet else ("json" if args.progress == "json" else None),
         max_token_length=args.max_token_length,
+        ties=args.ties,
+        min_frequency=args.min_frequency,
+        init=_load_parent(args.init) if args.init else None,
         text_field=args.text_field,
         text_column=args.text_column,
     )
@@ -68,6 +71,16 @@ def cmd_train(args) -> int:
         print(stats.summary(), file=sys.stderr)
         print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
     return 0
+
+
+def _load_parent(path: str):
+    """The model ``--init`` continues: a gpubpe model (model.json keeps its ids)."""
+    from .model import load
+
+    try:
+        return load(path)
+    except (ValueError, OSError) as e:
+        raise _Fail(f"cannot continue from {path!r}: {e}") from None
 
 
 def save_all(model, out: Path) -> list[Path]:
@@ -102,6 +115,11 @@ def cmd_export(args) -> int:
         formats.remove("native")
         if not args.quiet:
             print("gpubpe: ids not in the trainer's layout: model.json skipped", file=sys.stderr)
+    if args.vocab_size is not None:
+        try:
+            model = model.truncated(args.vocab_size)
+        except ValueError as e:
+            raise _Fail(f"--vocab-size: {e}") from None
     written = export(model, out, formats=formats)
     if not args.quiet:
         print("wrote          " + ", ".join(str(p) for p in written), file=sys.stderr)
@@ -180,8 +198,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="tokenizer", help="output directory (default ./tokenizer)")
     t.add_argument("--backend", default="auto", choices=BACKENDS)
     t.add_argument("--workers", type=int, default=None, help="pre-tokenization workers (default: all cores)")
-    t.add_argument("--pattern", default="gpt2", metavar="NAME_OR_REGEX",
-                   help="pre-tokenization: gpt2 (default, the fast path), cl100k, o200k, or a regex")
+    t.add_argument("--pattern", default=None, metavar="NAME_OR_REGEX",
+                   help="pre-tokenization: gpt2 (default, the fast path; with --init the parent's), cl100k, o200k, "
+                        "or a regex")
+    t.add_argument("--ties", default=None, choices=["cs336", "hf", "rustbpe"],
+                   help="equal counts: cs336 (default; with --init the parent's), hf (HF tokenizers' BpeTrainer, bit for bit) or rustbpe "
+                        "(rustbpe and bpeasy)")
+    t.add_argument("--min-frequency", type=int, default=None, metavar="N",
+                   help="stop at the first best pair that occurs fewer than N times (HF's min_frequency)")
+    t.add_argument("--init", default=None, metavar="DIR",
+                   help="continue training a model saved by `gpubpe train --out DIR`: its merges are replayed, "
+                        "its ids kept, and the new ones follow")
+    t.add_argument("--progress", choices=["bar", "json"], default="bar",
+                   help="bar (default, on a terminal) or json: one {stage, done, total} object a line on stderr")
     t.add_argument("--counts", action="append", default=[], metavar="DIR",
                    help="train from word counts written by `gpubpe count --out DIR`; repeat to merge several")
     _record_options(t)
@@ -201,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a format to write; repeat for several (default: all)")
     e.add_argument("--special-token", action="append", default=[], metavar="TOKEN",
                    help="special tokens, for a .tiktoken source (which holds none)")
+    e.add_argument("--vocab-size", type=int, default=None,
+                   help="export the model's first merges only, to this many ids: exactly the model training to "
+                        "this size makes (greedy BPE is a prefix process)")
     e.add_argument("-q", "--quiet", action="store_true", help="print nothing")
     e.set_defaults(func=cmd_export)
 
@@ -262,7 +294,8 @@ def main(argv=None) -> int:
 
 
 _FLAGS = {"vocab_size": "--vocab-size", "special_tokens": "--special-token", "max_token_length": "--max-token-length",
-          "workers": "--workers", "pattern": "--pattern", "backend": "--backend", "chunk_size": "chunk size"}
+          "workers": "--workers", "pattern": "--pattern", "backend": "--backend", "chunk_size": "chunk size",
+          "ties": "--ties", "min_frequency": "--min-frequency", "init": "--init"}
 
 
 def _flag_names(e: BaseException) -> str:

@@ -12,6 +12,8 @@ MIN_PARALLEL_BYTES = 8 << 20
 
 # How often the progress thread reads the merge loop's counter (seconds).
 PROGRESS_INTERVAL = 0.1
+# seconds between two JSON progress lines (--progress json) of one stage
+PROGRESS_JSON_INTERVAL = 1.0
 
 # WordTables with at most this many symbols are merged by the plain-Python
 # loop (backends/cpu_python.py): it needs no compilation, and below this size

@@ -109,6 +109,7 @@ def _run_merges(run, table, num_merges: int, show: bool, options):
         raise
     finally:
         if merges_bar is not None:
+            merges_bar.update(int(progress[0]) - merges_bar.n)
             merges_bar.close()
     if error:
         raise error[0]
@@ -126,7 +127,7 @@ def train_with_stats(
     progress: bool | None = None,
     pattern: str | None = None,
     max_token_length: int | None = None,
-    ties: str = "cs336",
+    ties: str | None = None,
     min_frequency: int | None = None,
     init: BPEModel | None = None,
     text_field: str = "text",
@@ -228,6 +229,8 @@ def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
     if init is not None and not init.is_native():
         raise ValueError("init: the parent's ids are not in the trainer's layout (bytes 0..255, merges, special "
                          "tokens), so its ids cannot be kept: continue from a model gpubpe trained")
+    if ties is None:
+        ties = "cs336" if init is None else init.ties
     ties = _validate.ties(ties)
     if init is not None and init.ties != ties:
         raise ValueError(f"init: the parent was trained with ties={init.ties!r}; continue with the same rule "
@@ -329,7 +332,7 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
     }
     model = BPEModel.from_merge_ids(merge_ids, special_tokens, pattern=pattern, unicode=_unicode.table_id(),
                                     specials_after=None if parent is None else len(parent.merges),
-                                    merge_counts=[int(c) for c in merge_counts], ties=rules.ties, record=record)
+                                    merge_counts=None if merge_counts is None else [int(c) for c in merge_counts], ties=rules.ties, record=record)
     longest = max((len(a) + len(b) for a, b in model.merges), default=1)
     distinct = len(set(model.vocab.values()) - {s.encode() for s in special_tokens}) - 256
     if made >= requested or distinct >= requested:
@@ -418,7 +421,7 @@ def train(
     progress: bool | None = None,
     pattern: str | None = None,
     max_token_length: int | None = None,
-    ties: str = "cs336",
+    ties: str | None = None,
     min_frequency: int | None = None,
     init: BPEModel | None = None,
     text_field: str = "text",
@@ -455,7 +458,8 @@ def train(
                     merged (everything else, ties included, unchanged). HF
                     ``tokenizers``' own cap L lets tokens of at most
                     max(2, L - 1) bytes through: pass that for HF's behaviour.
-    ties:           the rule for equal counts: 'cs336' (default: the greatest
+    ties:           the rule for equal counts: 'cs336' (the default, or the
+                    parent's with ``init``: the greatest
                     (left bytes, right bytes)), 'hf' (HF tokenizers' BpeTrainer
                     with ByteLevel, bit for bit, one id per distinct token
                     string) or 'rustbpe' (rustbpe and bpeasy); see :mod:`gpubpe.ties`.

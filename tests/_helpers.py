@@ -11,8 +11,10 @@ from gpubpe import backends
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
-def merge_fn(name: str):
-    """A callable (WordTable, num_merges) -> int32[n, 2] for backend ``name``."""
+def merge_fn(name: str, full: bool = False):
+    """A callable ``(WordTable, num_merges, **options) -> int32[n, 2]`` for
+    backend ``name`` (``options``: :class:`gpubpe.backends.MergeOptions`'s
+    fields); ``full``: it returns ``(merges, counts, ntokens)``."""
     if name == "cpu-numba":
         run = backends._cpu("numba")
     elif name == "cpu-python":
@@ -23,9 +25,9 @@ def merge_fn(name: str):
         except backends.BackendUnavailable as e:
             pytest.skip(str(e))
 
-    def merge(table, num_merges):
-        merges, _ = run(table, num_merges, np.zeros(2, np.int64))
-        return np.asarray(merges)
+    def merge(table, num_merges, **options):
+        out = run(table, num_merges, np.zeros(2, np.int64), backends.MergeOptions(**options))
+        return out if full else np.asarray(out[0])
 
     return merge
 

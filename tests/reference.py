@@ -21,9 +21,24 @@ def reference_pretokens(data: bytes, special_tokens=()) -> list[bytes]:
     return [m.encode("utf-8", "surrogateescape") for p in pieces for m in regex.findall(GPT2, p)]
 
 
-def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int, max_len: int = 0) -> list[tuple[bytes, bytes]]:
-    """``max_len``: when set, a pair whose merged token is longer is never a candidate."""
+def gpt2_alphabet_rank(b: int) -> int:
+    """HF's id of byte ``b`` under ByteLevel: the bytes sorted by the code point of
+    their GPT-2 stand-in character (written here from that rule, not from gpubpe)."""
+    stand_in = {c: ord(ch) for c, ch in gpt2_bytes_to_unicode().items()}
+    return sorted(range(256), key=stand_in.__getitem__).index(b)
+
+
+def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int, max_len: int = 0,
+                                 ties: str = "cs336", min_count: int = 0,
+                                 counts_out: list | None = None) -> list[tuple[bytes, bytes]]:
+    """``max_len``: when set, a pair whose merged token is longer is never a candidate.
+    ``ties``: 'cs336' (greatest bytes), or 'hf' / 'rustbpe': the smallest
+    (id(left), id(right)), a byte's id being HF's alphabet position or its value
+    and a merge's id 256 + its index. ``min_count``: stop at a best count below it.
+    ``counts_out``: a list that gets each merge's count."""
     words = {tuple(bytes([b]) for b in w): c for w, c in word_counts.items() if c > 0}
+    byte_id = [gpt2_alphabet_rank(b) for b in range(256)] if ties == "hf" else list(range(256))
+    ident = {bytes([b]): byte_id[b] for b in range(256)}
     merges = []
     for _ in range(num_merges):
         pairs: Counter = Counter()
@@ -35,8 +50,16 @@ def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int,
         if not pairs:
             break
         # highest count, then the greatest (left, right) as Python compares bytes
-        best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        if ties == "cs336":
+            best = max(pairs.items(), key=lambda kv: (kv[1], kv[0]))[0]
+        else:
+            best = max(pairs.items(), key=lambda kv: (kv[1], -ident[kv[0][0]], -ident[kv[0][1]]))[0]
+        if pairs[best] < min_count:
+            break
+        ident.setdefault(best[0] + best[1], 256 + len(merges))
         merges.append(best)
+        if counts_out is not None:
+            counts_out.append(pairs[best])
         merged = {}
         for w, c in words.items():
             out = []

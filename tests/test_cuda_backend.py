@@ -38,7 +38,8 @@ def cuda_mod():
 
 
 def cpu_run(table, n):
-    return backends._cpu("python")(table, n, np.zeros(1, np.int64))
+    merges, _, ntokens = backends._cpu("python")(table, n, np.zeros(1, np.int64))
+    return merges, ntokens
 
 
 def as_bytes(table, merges):
@@ -72,7 +73,7 @@ def test_driver_paths_match_oracle(run, cuda_mod, monkeypatch, knobs, data):
         lambda w: bytes(alphabet[c % len(alphabet)] for c in w)), st.integers(1, 2**36), min_size=1, max_size=12))
     n = data.draw(st.integers(0, 60))
     table = WordTable.from_counts(words)
-    merges, ntokens = run(table, n, np.zeros(1, np.int64))
+    merges, _, ntokens = run(table, n, np.zeros(1, np.int64))
     assert as_bytes(table, merges) == reference_merges_from_counts(words, n)
     cpu_merges, cpu_tokens = cpu_run(table, n)
     assert merges.tolist() == cpu_merges.tolist()
@@ -84,7 +85,7 @@ def test_long_tokens_grow_the_token_buffer(run):
     # far past the initial 16 bytes per merge
     words = {b"a" * 3000: 1, b"ab": 2}
     table = WordTable.from_counts(words)
-    merges, ntokens = run(table, 14, np.zeros(1, np.int64))
+    merges, _, ntokens = run(table, 14, np.zeros(1, np.int64))
     assert as_bytes(table, merges) == reference_merges_from_counts(words, 14)
     assert ntokens == cpu_run(table, 14)[1]
 
@@ -93,16 +94,16 @@ def test_progress_counts_merges(run, cuda_mod, monkeypatch):
     monkeypatch.setattr(cuda_mod, "MERGE_BATCH", 4)
     table = WordTable.from_counts({b"abcdefghij": 3, b"klmnop": 1})
     progress = np.zeros(1, np.int64)
-    merges, _ = run(table, 10, progress)
+    merges, _, _ = run(table, 10, progress)
     assert progress[0] == len(merges) == 10
 
 
 def test_no_pairs_and_zero_merges(run):
     table = WordTable.from_counts({b"a": 5, b"b": 2})
-    merges, ntokens = run(table, 10, np.zeros(1, np.int64))
+    merges, _, ntokens = run(table, 10, np.zeros(1, np.int64))
     assert merges.shape == (0, 2) and ntokens == 7
     table = WordTable.from_counts({b"ab": 5})
-    merges, ntokens = run(table, 0, np.zeros(1, np.int64))
+    merges, _, ntokens = run(table, 0, np.zeros(1, np.int64))
     assert merges.shape == (0, 2) and ntokens == 10
 
 
@@ -113,7 +114,7 @@ def table_of(*paths):
 
 def test_corpus_en_wordtable_matches_cpu(run):
     table = table_of(FIXTURES / "corpus.en")
-    merges, ntokens = run(table, 400, np.zeros(1, np.int64))
+    merges, _, ntokens = run(table, 400, np.zeros(1, np.int64))
     cpu_merges, cpu_tokens = cpu_run(table, 400)
     assert merges.tolist() == cpu_merges.tolist()
     assert ntokens == cpu_tokens
@@ -144,6 +145,6 @@ def test_device_matches_cpu_on_a_larger_table():
     if not backends.cuda_available():
         pytest.skip("no CUDA device")
     table = table_of(FIXTURES / "tinystories_sample.txt", FIXTURES / "corpus.en", FIXTURES / "german.txt")
-    merges, ntokens = backends.get("cuda")(table, 2000, np.zeros(1, np.int64))
-    cpu_merges, cpu_tokens = backends._cpu("numba")(table, 2000, np.zeros(1, np.int64))
+    merges, _, ntokens = backends.get("cuda")(table, 2000, np.zeros(1, np.int64))
+    cpu_merges, _, cpu_tokens = backends._cpu("numba")(table, 2000, np.zeros(1, np.int64))
     assert merges.tolist() == cpu_merges.tolist() and ntokens == cpu_tokens

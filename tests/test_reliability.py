@@ -71,10 +71,10 @@ def test_interrupt_stops_the_merge_loop_without_a_progress_bar(tmp_path, monkeyp
     started = threading.Event()
     seen = {}
 
-    def run(table, num_merges, progress, **kw):
+    def run(table, num_merges, progress, *options):
         seen["progress"] = progress
         started.set()
-        return real(table, num_merges, progress, **kw)
+        return real(table, num_merges, progress, *options)
 
     monkeypatch.setattr(backends, "get", lambda name: run)
     if engine == "numba":  # compile outside the measurement
