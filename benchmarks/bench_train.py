@@ -24,7 +24,10 @@ How it measures (what makes the figures comparable):
   regex pre-tokenizer).
 
 ``--check`` also trains with each engine of gpubpe (cpu-numba, cpu-python,
-cuda-sim and cuda where they exist) and fails unless their merges are identical.
+cuda-sim and cuda where they exist) and fails unless their merges are identical,
+and holds gpubpe's parity modes against the anchors themselves: ``ties="hf"``
+against HF tokenizers, ``ties="rustbpe"`` against rustbpe and bpeasy, merge for
+merge (so the speed ratios of ``cpu-hf`` and ``cpu-rustbpe`` are the same work).
 """
 
 from __future__ import annotations
@@ -42,10 +45,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import anchors  # noqa: E402
 
-GPUBPE_TOOLS = ("cpu", "cpu-numba", "cpu-python", "cuda", "cuda-sim")
+GPUBPE_TOOLS = ("cpu", "cpu-numba", "cpu-python", "cuda", "cuda-sim", "cpu-hf", "cpu-rustbpe")
 CHECK_ENGINES = ("cpu-numba", "cpu-python", "cuda-sim", "cuda")
-DEFAULT_TOOLS = "cpu,cuda,rustbpe,hf,bpeasy,spm"
+# gpubpe's parity mode and the anchor it reproduces, merge for merge
+PARITY = (("cpu-hf", "hf"), ("cpu-rustbpe", "rustbpe"), ("cpu-rustbpe", "bpeasy"))
+DEFAULT_TOOLS = "cpu,cuda,cpu-hf,cpu-rustbpe,rustbpe,hf,bpeasy,spm"
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,11 @@ TOOLS = {t.name: t for t in [
     Tool("cpu-numba", "gpubpe cpu (Numba engine)", "gpubpe", "pip install -e .", "GPT-2 regex"),
     Tool("cpu-python", "gpubpe cpu (Python engine)", "gpubpe", "pip install -e .", "GPT-2 regex"),
     Tool("cuda", "gpubpe cuda", "gpubpe", "pip install -e '.[cuda]'", "GPT-2 regex"),
+    Tool("cpu-hf", "gpubpe cpu ties=hf", "gpubpe", "pip install -e .", "GPT-2 regex",
+         "gpubpe backend='cpu' with `ties=\"hf\"`: HF tokenizers' merges, bit for bit (`--check` verifies)"),
+    Tool("cpu-rustbpe", "gpubpe cpu ties=rustbpe", "gpubpe", "pip install -e .", "GPT-2 regex",
+         "gpubpe backend='cpu' with `ties=\"rustbpe\"`: rustbpe's and bpeasy's merges, bit for bit "
+         "(`--check` verifies)"),
     Tool("cuda-sim", "gpubpe cuda-sim", "gpubpe", "pip install -e .", "GPT-2 regex",
          "the CUDA backend's code run on the CPU: a correctness harness, not a speed figure"),
     Tool("rustbpe", "rustbpe", "rustbpe", "pip install rustbpe", "GPT-2 regex",
@@ -115,13 +126,16 @@ def _train_gpubpe(path, vocab, threads, name):
     from gpubpe.trainer import train_with_stats
 
     backend = name
+    ties = None
+    if name in ("cpu-hf", "cpu-rustbpe"):
+        backend, ties = "cpu", name[4:]
     if name in ("cpu-numba", "cpu-python"):
         backend = "cpu"
         # the two engines of backend='cpu', chosen by table size in real use
         config.SMALL_TABLE_SYMBOLS = -1 if name == "cpu-numba" else 1 << 62
     t0 = time.perf_counter()
     model, stats = train_with_stats(path, vocab_size=vocab, special_tokens=[C.SPECIAL], backend=backend,
-                                    workers=threads, progress=False)
+                                    workers=threads, progress=False, ties=ties)
     t = time.perf_counter() - t0
     return t, len(model.vocab), model.merges, {"count_s": stats.seconds_count, "merge_s": stats.seconds_merge,
                                                 "unique_words": stats.unique_words}
@@ -141,7 +155,7 @@ def _train_rustbpe(path, vocab, threads, name):
     tok = rustbpe.Tokenizer()
     tok.train_from_iterator(iter_documents(path), vocab - 1, pattern=pattern)
     t = time.perf_counter() - t0
-    return t, tok.vocab_size + 1, None, {}
+    return t, tok.vocab_size + 1, anchors.merges_from_ranks(list(tok.get_mergeable_ranks())), {}
 
 
 def _train_bpeasy(path, vocab, threads, name):
@@ -151,7 +165,7 @@ def _train_bpeasy(path, vocab, threads, name):
     t0 = time.perf_counter()
     ranks = bpeasy.train_bpe(iter_documents(path), pattern, 10**6, vocab - 1)
     t = time.perf_counter() - t0
-    return t, len(ranks) + 1, None, {}
+    return t, len(ranks) + 1, anchors.merges_from_ranks(list(ranks.items())), {}
 
 
 def _train_hf(path, vocab, threads, name):
@@ -168,7 +182,7 @@ def _train_hf(path, vocab, threads, name):
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(iter_documents(path), trainer)
     t = time.perf_counter() - t0
-    return t, tok.get_vocab_size(), None, {}
+    return t, tok.get_vocab_size(), anchors.hf_merges_of(tok), {}
 
 
 def _train_spm(path, vocab, threads, name, longest_line):
@@ -349,7 +363,8 @@ def method_notes(tools: list[str], repeats: int, warmup: int, threads: int) -> l
         "shared pages counted once), sampled every 100 ms. `max RSS`: the kernel's high-water mark of the "
         "largest single process (wait4 ru_maxrss), exact but not summed over workers.",
         "The anchors break ties between equal counts in their own way (lowest id pair), gpubpe by the CS336 "
-        "rule: the merges can differ where counts tie; the amount of work is the same.",
+        "rule unless a parity mode is asked for: `gpubpe cpu ties=hf` / `ties=rustbpe` make the anchors' "
+        "own merges (`--check` compares them merge for merge), so their ratios are the same work.",
     ]
     notes += [f"{TOOLS[t].label}: {TOOLS[t].note}" for t in tools if TOOLS[t].note]
     return notes
@@ -526,6 +541,24 @@ def main(argv=None) -> int:
         if eskipped:
             lines.append("- not compared: " + "; ".join(f"{t} ({why})" for t, why in eskipped.items()))
         body.append("### Backends' merges (`--check`)\n\n" + "\n".join(lines))
+        plines = []
+        for mode, anchor in PARITY:
+            ok, why = available([anchor], args.threads)
+            if not ok:
+                plines.append(f"- {TOOLS[mode].label} vs {TOOLS[anchor].label}: not compared ({why[anchor]})")
+                continue
+            for v in args.vocab_list:
+                log(f"check: vocab {v:,}: {mode} against {anchor}")
+                c = check_engines(path, v, args.threads, [anchor, mode], args.timeout)
+                checks.append({**c, "parity": [mode, anchor]})
+                if c["identical"]:
+                    plines.append(f"- vocab {v:,}: {TOOLS[mode].label} = {TOOLS[anchor].label}, "
+                                  f"{c['merges']:,} merges identical in order.")
+                else:
+                    check_failed = True
+                    plines += [f"- vocab {v:,}: **DIFFERENT**: {d}" for d in c["differences"]]
+                    plines += [f"- vocab {v:,}: **{e} failed**: {err}" for e, err in c["errors"].items()]
+        body.append("### Parity modes against the anchors (`--check`)\n\n" + "\n".join(plines))
 
     skipped_notes = [f"Skipped {TOOLS[t].label}: {why}." for t, why in skipped.items()]
     notes = (method_notes(tools, args.repeats, args.warmup, args.threads) if tools else []) + skipped_notes
@@ -549,7 +582,8 @@ def main(argv=None) -> int:
         C.update_results(key, section, path=args.results)
         log(f"updated {args.results} (section {key})")
     if check_failed:
-        print("check FAILED: gpubpe's engines do not agree (or could not all run); see above", file=sys.stderr)
+        print("check FAILED: gpubpe's engines, or a parity mode and its anchor, do not agree (or could not all "
+              "run); see above", file=sys.stderr)
         return 1
     return 0
 

@@ -30,12 +30,14 @@ def gpt2_alphabet_rank(b: int) -> int:
 
 def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int, max_len: int = 0,
                                  ties: str = "cs336", min_count: int = 0,
-                                 counts_out: list | None = None) -> list[tuple[bytes, bytes]]:
+                                 counts_out: list | None = None, forced=()) -> list[tuple[bytes, bytes]]:
     """``max_len``: when set, a pair whose merged token is longer is never a candidate.
     ``ties``: 'cs336' (greatest bytes), or 'hf' / 'rustbpe': the smallest
     (id(left), id(right)), a byte's id being HF's alphabet position or its value
     and a merge's id 256 + its index. ``min_count``: stop at a best count below it.
-    ``counts_out``: a list that gets each merge's count."""
+    ``counts_out``: a list that gets each merge's count. ``forced``: byte pairs
+    merged first, in order, whatever their counts. Words hold bytes, so two
+    merges making the same bytes make one token (HF's one id per string)."""
     words = {tuple(bytes([b]) for b in w): c for w, c in word_counts.items() if c > 0}
     byte_id = [gpt2_alphabet_rank(b) for b in range(256)] if ties == "hf" else list(range(256))
     ident = {bytes([b]): byte_id[b] for b in range(256)}
@@ -47,6 +49,14 @@ def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int,
                 if max_len and len(w[i]) + len(w[i + 1]) > max_len:
                     continue
                 pairs[(w[i], w[i + 1])] += c
+        if len(merges) < len(forced):
+            best = tuple(forced[len(merges)])
+            ident.setdefault(best[0] + best[1], 256 + len(merges))
+            merges.append(best)
+            if counts_out is not None:
+                counts_out.append(pairs.get(best, 0))
+            words = _apply(words, best)
+            continue
         if not pairs:
             break
         # highest count, then the greatest (left, right) as Python compares bytes
@@ -60,20 +70,25 @@ def reference_merges_from_counts(word_counts: dict[bytes, int], num_merges: int,
         merges.append(best)
         if counts_out is not None:
             counts_out.append(pairs[best])
-        merged = {}
-        for w, c in words.items():
-            out = []
-            i = 0
-            while i < len(w):
-                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
-                    out.append(w[i] + w[i + 1])
-                    i += 2
-                else:
-                    out.append(w[i])
-                    i += 1
-            merged[tuple(out)] = merged.get(tuple(out), 0) + c
-        words = merged
+        words = _apply(words, best)
     return merges
+
+
+def _apply(words, best):
+    """Every word with ``best`` merged, left to right, non-overlapping."""
+    merged = {}
+    for w, c in words.items():
+        out = []
+        i = 0
+        while i < len(w):
+            if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                out.append(w[i] + w[i + 1])
+                i += 2
+            else:
+                out.append(w[i])
+                i += 1
+        merged[tuple(out)] = merged.get(tuple(out), 0) + c
+    return merged
 
 
 def reference_train(data: bytes, vocab_size: int, special_tokens=()):

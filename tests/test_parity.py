@@ -285,3 +285,40 @@ def test_cli_options_continue_truncate_and_json_progress(tmp_path):
     r = _cli("train", corpus, "--vocab-size", "500", "--init", "parent", "--special-token", "<|im_end|>",
              "--out", "bad", cwd=tmp_path)
     assert r.returncode != 0 and "parent has special tokens" in r.stderr and "Traceback" not in r.stderr
+
+
+# A parent whose merges make b"abc" twice: (b, c), (a, bc), then (a, b), (ab, c).
+DUP_PARENT = [(98, 99), (97, 256), (97, 98), (258, 99)]
+dup_tables = st.dictionaries(st.lists(st.sampled_from(b"abcd"), min_size=1, max_size=10).map(bytes),
+                             st.integers(1, 4), min_size=1, max_size=12)
+
+
+@fixed(40)
+@given(counts=dup_tables, n=st.integers(4, 30))
+def test_hf_mode_keeps_one_id_per_token_string(counts, n):
+    """HF's trainer gives a merge that repeats a token's bytes that token's id,
+    so their pairs pool their counts: the oracle, which holds words as bytes,
+    does the same."""
+    from gpubpe.backends.cpu_python import merge_loop_python
+
+    table = WordTable.from_counts(counts)
+    merges, made, _ = merge_loop_python(table.symbols, table.offsets, table.counts, n, np.zeros(2, np.int64), 0,
+                                        gpubpe.ties.byte_rank("hf"), np.array(DUP_PARENT, np.int32), 0, reuse=True)
+    forced = as_bytes(DUP_PARENT)
+    want_counts: list = []
+    want = reference_merges_from_counts(counts, len(merges), ties="hf", forced=forced, counts_out=want_counts)
+    assert as_bytes(merges) == want and made.tolist() == want_counts
+    # one id per string: num_merges counts distinct tokens
+    assert len({a + b for a, b in want}) == min(n, len({a + b for a, b in want}))
+
+
+def test_hf_mode_continues_a_parent_with_a_repeated_token(train_kwargs):
+    parent = gpubpe.BPEModel.from_merge_ids(DUP_PARENT, [], ties="hf")
+    counts = {b"abcd": 5, b"abab": 3, b"cdcd": 2, b"bcbc": 4}
+    docs = [[w.decode() for w, c in counts.items() for _ in range(c)]]
+    model = gpubpe.train(docs, vocab_size=256 + 3 + 4, init=parent, ties="hf", progress=False, **train_kwargs)
+    # each document is one pre-token
+    want = reference_merges_from_counts(counts, len(model.merges), ties="hf", forced=as_bytes(DUP_PARENT))
+    assert model.merges == want
+    # HF's accounting: vocab_size counts distinct tokens, so the repeat costs one merge more
+    assert len(set(model.vocab.values())) == 256 + 3 + 4 and len(model.merges) == 3 + 4 + 1
