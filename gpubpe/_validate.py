@@ -101,15 +101,6 @@ def max_token_length(n) -> int | None:
     return int(n)
 
 
-def ties(rule) -> str:
-    from .ties import TIES
-
-    if rule not in TIES:
-        raise ValueError(f"ties must be one of {', '.join(map(repr, TIES))} (the CS336 rule, HF tokenizers', "
-                         f"rustbpe's), got {rule!r}")
-    return rule
-
-
 def min_frequency(n) -> int:
     if n is None:
         return 0

@@ -42,8 +42,17 @@ def gpt2_stand_ins() -> list[int]:
     return out
 
 
+def check(rule) -> str:
+    """``rule`` when it names a tie rule, else a ValueError that lists them."""
+    if not isinstance(rule, str) or rule not in TIES:
+        raise ValueError(f"ties must be one of {', '.join(map(repr, TIES))} (the CS336 rule, HF tokenizers', "
+                         f"rustbpe's), got {rule!r}")
+    return rule
+
+
 def byte_rank(ties: str) -> np.ndarray:
     """The rank table of tie rule ``ties``: int64[0] for 'cs336', else int64[256]."""
+    check(ties)
     if ties == "cs336":
         return np.zeros(0, np.int64)
     if ties == "rustbpe":
@@ -53,7 +62,7 @@ def byte_rank(ties: str) -> np.ndarray:
         rank = np.empty(256, np.int64)
         rank[order] = np.arange(256)
         return rank
-    raise ValueError(f"ties must be one of {', '.join(map(repr, TIES))}, got {ties!r}")
+    raise AssertionError(ties)  # check() knows only the rules above
 
 
 def reuses_ids(ties: str) -> bool:

@@ -231,7 +231,7 @@ def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
                          "tokens), so its ids cannot be kept: continue from a model gpubpe trained")
     if ties is None:
         ties = "cs336" if init is None else init.ties
-    ties = _validate.ties(ties)
+    ties = _ties.check(ties)
     if init is not None and init.ties != ties:
         raise ValueError(f"init: the parent was trained with ties={init.ties!r}; continue with the same rule "
                          f"(ties={init.ties!r}), or the merges would not be one run")
