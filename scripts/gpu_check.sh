@@ -75,7 +75,7 @@ from gpubpe.backends import cuda
 from gpubpe.wordtable import WordTable
 data = open("tests/fixtures/corpus.en", "rb").read()
 table = WordTable.from_counts(Counter(reference_pretokens(data, ["<|endoftext|>"])))
-cuda.MERGE_BATCH = 8  # several batches, graph capture and replay included
+cuda.STEP_BATCH = 4  # several batches, graph capture and replay included
 merges, _ = backends.get("cuda")(table, 300, np.zeros(1, np.int64))
 ref, _ = backends._cpu("python")(table, 300, np.zeros(1, np.int64))
 assert merges.tolist() == ref.tolist(), "merges differ from the CPU backend"
