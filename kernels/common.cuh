@@ -38,6 +38,7 @@ typedef unsigned long long u64;
 #define ST_CFULL 20      // 1: cand overflowed (halts at the next select: the host refills)
 #define ST_SFULL 21      // 1: the scratch table overflowed this step (the step accepts one merge)
 #define ST_STEPS 22      // steps done
+#define ST_RUNMAX 23     // the longest run of equal symbols step_find walked this step (its serial part)
 #define ST_SIZE 32
 
 #define HALT_NO_PAIR 1   // no pair has a positive count: training stops early

@@ -232,6 +232,7 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
         st[ST_NNEW] = 0;
         st[ST_SUSED] = 0;
         st[ST_SFULL] = 0;
+        st[ST_RUNMAX] = 0;
         if (k == 0) st[ST_HALT] = HALT_REFILL;
     }
 }
@@ -370,6 +371,7 @@ extern "C" __global__ void step_find(const int* __restrict__ sym, const int* __r
             r = n2;
         }
         if (runs == 0) continue;
+        if (runs > st[ST_RUNMAX]) atomicMax(&st[ST_RUNMAX], runs);  // for the cost model: the serial walk
         if (l >= 0) scratch_add(skeys, scnt, sbits, sused, slimit, created_key(k, 0, sym[l]), w, sel, kmax, k, st);
         if (runs > 1)
             scratch_add(skeys, scnt, sbits, sused, slimit, created_key(k, 1, SELF_TOKEN), w * (runs - 1), sel, kmax,
