@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass, field
 
 SECTOR = 32  # bytes a random access moves
+SELECT_UNROLL = 8  # as kernels/common.cuh
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,7 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
     p.host("setup: upload", symbols / d.H2D_BPS + 16 * words / d.H2D_BPS, symbols + 16 * words)
     p.charge("setup: build_links", math.ceil(math.log2(max(words, 2))) * l2 + hbm, 17 * symbols + 4 * symbols)
     last_ncand = None
+    last_tokbytes = 256
     for e in trace:
         kind = e["event"]
         if kind == "step":
@@ -141,15 +143,18 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
             appended = max(0, ncand - last_ncand) if last_ncand is not None else 0
             last_ncand = ncand
             # step_select: one block scans the candidate set, sorts blockDim * 4 entries, writes sel
-            rts = 1 + math.ceil(ncand / d.BLOCK) * 2 + nsel + 1
+            rts = 1 + math.ceil(ncand / (d.BLOCK * SELECT_UNROLL)) * 2 + nsel + 1
             p.charge("step_select", rts * l2 + (2 + sort_stages + red_stages) * bar, 72 * ncand, rts=rts)
             # step_find: grid-stride over the list entries; runs walked serially
             rts_h = it(lists) * 2 + it(occ) * 6 + 2 * e["runmax"]
             rts_l = 1 + it(lists) * 3 + it(occ) * 4
             p.charge("step_find", rts_h * hbm + rts_l * l2, 36 * lists + 420 * occ, hot=occ, rts=rts_h + rts_l)
-            # step_decide: one thread walks the candidates, the block copies the bytes
-            rts = 1 + (e["nacc"] + 1) * 2 + e["nacc"] * 2
-            p.charge("step_decide", rts * l2 + 2 * bar, 256 + 64 * e["nacc"], rts=rts)
+            # step_decide: the block stages sel (sel, then tlen/toff), thread 0 walks
+            # shared memory and writes, the block copies the new bytes one per thread
+            nbytes = e["tokbytes"] - last_tokbytes
+            last_tokbytes = e["tokbytes"]
+            rts = 1 + 2 + 1 + math.ceil(nbytes / d.BLOCK) * 2
+            p.charge("step_decide", rts * l2 + 3 * bar, 256 + 64 * e["nacc"] + 2 * nbytes, rts=rts)
             # step_update: every found occurrence read, accepted ones update five pairs
             rts_h = 1 + it(occ) * 2 + it(acc) * 4
             rts_l = it(acc) * 8

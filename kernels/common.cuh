@@ -62,6 +62,8 @@ typedef unsigned long long u64;
 #define SEL_TOK 8        // the new token's id, for accepted candidates
 #define SEL_POOL 9       // where list(new token) starts in the pool, for accepted candidates
 #define SEL_FIELDS 10
+#define SELECT_UNROLL 8  // candidate-set entries a step_select thread loads per round
+#define DECIDE_MAX 256   // step_decide stages this many candidates in shared memory (kmax <= it)
 #define SELECT_LOCAL 4   // candidates each step_select thread keeps: the block sorts blockDim * 4 (kmax <= that)
 
 #define EMPTY_KEY 0xFFFFFFFFFFFFFFFFull

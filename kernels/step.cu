@@ -127,34 +127,47 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
     }
     long long dc = -1;  // the best dropped entry (count, key)
     u64 dk = EMPTY_KEY;
-    for (long long e = tid; e < ncand; e += blockDim.x) {
-        long long s = cand[e];
-        long long c = cnt[s];
-        if (c < thresh || c <= 0) continue;  // stale: below the threshold now
-        u64 k = keys[s];
-        if (max_len > 0 && tlen[key_left(k)] + tlen[key_right(k)] > max_len) continue;
-        if (!pair_ranks_above(c, k, lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], tb, toff, tlen)) {
-            if (pair_ranks_above(c, k, dc, dk, tb, toff, tlen)) {
-                dc = c;
-                dk = k;
+    // SELECT_UNROLL entries per round: their loads are independent, so a round
+    // costs two dependent round trips (cand, then cnt and keys), not 2 * SELECT_UNROLL
+    for (long long e0 = tid; e0 < ncand; e0 += (long long)blockDim.x * SELECT_UNROLL) {
+        long long rs[SELECT_UNROLL], rc[SELECT_UNROLL];
+        u64 rk[SELECT_UNROLL];
+        for (int u = 0; u < SELECT_UNROLL; ++u) {
+            long long e = e0 + (long long)u * blockDim.x;
+            rs[u] = e < ncand ? cand[e] : -1;
+        }
+        for (int u = 0; u < SELECT_UNROLL; ++u) {
+            rc[u] = rs[u] >= 0 ? cnt[rs[u]] : -1;
+            rk[u] = rs[u] >= 0 ? keys[rs[u]] : EMPTY_KEY;
+        }
+        for (int u = 0; u < SELECT_UNROLL; ++u) {
+            long long s = rs[u], c = rc[u];
+            u64 k = rk[u];
+            if (s < 0 || c < thresh || c <= 0) continue;  // stale: below the threshold now
+            if (max_len > 0 && tlen[key_left(k)] + tlen[key_right(k)] > max_len) continue;
+            if (!pair_ranks_above(c, k, lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], tb, toff, tlen)) {
+                if (pair_ranks_above(c, k, dc, dk, tb, toff, tlen)) {
+                    dc = c;
+                    dk = k;
+                }
+                continue;
             }
-            continue;
+            if (lc[SELECT_LOCAL - 1] >= 0 && pair_ranks_above(lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], dc, dk,
+                                                              tb, toff, tlen)) {
+                dc = lc[SELECT_LOCAL - 1];
+                dk = lk[SELECT_LOCAL - 1];
+            }
+            int i = SELECT_LOCAL - 1;
+            while (i > 0 && pair_ranks_above(c, k, lc[i - 1], lk[i - 1], tb, toff, tlen)) {
+                lc[i] = lc[i - 1];
+                lk[i] = lk[i - 1];
+                ls[i] = ls[i - 1];
+                --i;
+            }
+            lc[i] = c;
+            lk[i] = k;
+            ls[i] = s;
         }
-        if (lc[SELECT_LOCAL - 1] >= 0 && pair_ranks_above(lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], dc, dk, tb,
-                                                          toff, tlen)) {
-            dc = lc[SELECT_LOCAL - 1];
-            dk = lk[SELECT_LOCAL - 1];
-        }
-        int i = SELECT_LOCAL - 1;
-        while (i > 0 && pair_ranks_above(c, k, lc[i - 1], lk[i - 1], tb, toff, tlen)) {
-            lc[i] = lc[i - 1];
-            lk[i] = lk[i - 1];
-            ls[i] = ls[i - 1];
-            --i;
-        }
-        lc[i] = c;
-        lk[i] = k;
-        ls[i] = s;
     }
     unsigned nloc = blockDim.x * SELECT_LOCAL;
     for (int i = 0; i < SELECT_LOCAL; ++i) {
@@ -400,51 +413,70 @@ extern "C" __global__ void step_find(const int* __restrict__ sym, const int* __r
 extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* tlen, long long tb_cap, int* merges,
                                        long long* list_start, long long* list_len, long long* sel, int kmax,
                                        long long* st) {
+    // the candidates' records staged in shared memory by the whole block (one
+    // round of independent loads), so the serial walk of thread 0 reads no
+    // global memory; the bytes are then copied one byte per thread
+    __shared__ long long s_cnt[DECIDE_MAX], s_maxc[DECIDE_MAX], s_nocc[DECIDE_MAX], s_oa[DECIDE_MAX],
+        s_ob[DECIDE_MAX], s_boff[DECIDE_MAX + 1], s_ot[DECIDE_MAX];
+    __shared__ u64 s_key[DECIDE_MAX];
+    __shared__ int s_la[DECIDE_MAX], s_lb[DECIDE_MAX];
     __shared__ long long s_nacc;
     unsigned tid = threadIdx.x;
     if (st[ST_HALT] != 0) return;
-    __syncthreads();  // every thread has read st[ST_HALT] before thread 0 may write it: the return is uniform
+    long long nsel = st[ST_NSEL];
+    __syncthreads();  // every thread has read st before thread 0 may write it: the return is uniform
+    for (long long k = tid; k < nsel; k += blockDim.x) {
+        u64 key = (u64)sel_get(sel, kmax, SEL_KEY, k);
+        int a = key_left(key), b = key_right(key);
+        s_key[k] = key;
+        s_cnt[k] = sel_get(sel, kmax, SEL_CNT, k);
+        s_maxc[k] = sel_get(sel, kmax, SEL_MAXC, k);
+        s_nocc[k] = sel_get(sel, kmax, SEL_NOCC, k);
+        s_la[k] = tlen[a];
+        s_lb[k] = tlen[b];
+        s_oa[k] = toff[a];
+        s_ob[k] = toff[b];
+    }
+    __syncthreads();
     if (tid == 0) {
         long long done = st[ST_DONE];
-        long long nsel = st[ST_NSEL];
         long long limit = st[ST_LIMIT];
         long long o = st[ST_TOKBYTES];
         long long pool = st[ST_POOL_USED];
         bool one = st[ST_SFULL] != 0;
-        long long bound = 0, removed = 0, n = 0;
+        long long bound = 0, removed = 0, n = 0, bytes = 0;
         for (long long k = 0; k < nsel && done + n < limit; ++k) {
-            long long c = sel_get(sel, kmax, SEL_CNT, k);
-            u64 key = (u64)sel_get(sel, kmax, SEL_KEY, k);
-            int a = key_left(key), b = key_right(key);
+            int a = key_left(s_key[k]), b = key_right(s_key[k]);
             if (n > 0) {
-                if (one || c <= bound) break;
+                if (one || s_cnt[k] <= bound) break;
                 bool shared = false;
                 for (long long j = 0; j < n && !shared; ++j) {
-                    u64 kj = (u64)sel_get(sel, kmax, SEL_KEY, j);
-                    int aj = key_left(kj), bj = key_right(kj);
+                    int aj = key_left(s_key[j]), bj = key_right(s_key[j]);
                     shared = a == aj || a == bj || b == aj || b == bj;
                 }
                 if (shared) break;
             }
-            int la = tlen[a], lb = tlen[b];  // read before any toff/tlen write of this step
-            if (o + la + lb > tb_cap) break;
+            int len = s_la[k] + s_lb[k];
+            if (o + len > tb_cap) break;
             int t = 256 + (int)(done + n);
+            s_ot[k] = o;
+            s_boff[k] = bytes;
+            bytes += len;
             toff[t] = o;
-            tlen[t] = la + lb;
-            o += la + lb;
+            tlen[t] = len;
+            o += len;
             merges[2 * (done + n)] = a;
             merges[2 * (done + n) + 1] = b;
-            long long nocc = sel_get(sel, kmax, SEL_NOCC, k);
             sel_put(sel, kmax, SEL_TOK, k, t);
             sel_put(sel, kmax, SEL_POOL, k, pool);
             list_start[t] = pool;
-            list_len[t] = nocc;
-            pool += nocc;
-            removed += nocc;
-            long long m = sel_get(sel, kmax, SEL_MAXC, k);
-            if (m > bound) bound = m;
+            list_len[t] = s_nocc[k];
+            pool += s_nocc[k];
+            removed += s_nocc[k];
+            if (s_maxc[k] > bound) bound = s_maxc[k];
             ++n;
         }
+        s_boff[n] = bytes;
         s_nacc = n;
         if (n == 0) {
             st[ST_HALT] = HALT_TOKBUF;
@@ -460,14 +492,16 @@ extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* 
     }
     __syncthreads();
     long long n = s_nacc;
-    // the new tokens' bytes, copied by the whole block (tokens can be hundreds of bytes)
-    for (long long k = 0; k < n; ++k) {
-        u64 key = (u64)sel_get(sel, kmax, SEL_KEY, k);
-        int a = key_left(key), b = key_right(key);
-        int t = (int)sel_get(sel, kmax, SEL_TOK, k);
-        long long oa = toff[a], ob = toff[b], ot = toff[t];
-        int la = tlen[a], lb = tlen[b];
-        for (int i = (int)tid; i < la + lb; i += (int)blockDim.x) tb[ot + i] = i < la ? tb[oa + i] : tb[ob + (i - la)];
+    // the new tokens' bytes: byte g of the step belongs to the merge whose range holds it
+    for (long long g = tid; g < s_boff[n]; g += blockDim.x) {
+        long long lo = 0, hi = n;
+        while (hi - lo > 1) {
+            long long mid = (lo + hi) / 2;
+            if (s_boff[mid] <= g) lo = mid;
+            else hi = mid;
+        }
+        long long i = g - s_boff[lo];
+        tb[s_ot[lo] + i] = i < s_la[lo] ? tb[s_oa[lo] + i] : tb[s_ob[lo] + (i - s_la[lo])];
     }
 }
 

@@ -130,7 +130,8 @@ def test_status_layout_matches_common_cuh():
     for name, value in defined.items():
         assert getattr(K, name) == int(value), name
     assert int(re.search(r"#define MAX_BLOCK (\d+)", src).group(1)) == K.MAX_BLOCK
-    assert int(re.search(r"#define SELECT_LOCAL (\d+)", src).group(1)) == K.SELECT_LOCAL
+    for name in ("SELECT_LOCAL", "SELECT_UNROLL", "DECIDE_MAX"):
+        assert int(re.search(rf"#define {name} (\d+)", src).group(1)) == getattr(K, name), name
 
 
 def test_every_kernel_has_a_wrapper():

@@ -354,7 +354,8 @@ class _Loop:
         self.trace.append({"event": "step", "nsel": int(st[K.ST_NSEL]), "nacc": nacc, "lists": int(st[K.ST_LISTS]),
                            "occ": int(st[K.ST_OCC]), "acc_occ": int(sel[K.SEL_NOCC, :nacc].sum()),
                            "nnew": int(st[K.ST_NNEW]), "sused": int(st[K.ST_SUSED]), "ncand": int(st[K.ST_NCAND]),
-                           "runmax": int(st[K.ST_RUNMAX]), "cap": 1 << self.bits})
+                           "runmax": int(st[K.ST_RUNMAX]), "tokbytes": int(st[K.ST_TOKBYTES]),
+                           "cap": 1 << self.bits})
 
     def run(self, progress) -> tuple[np.ndarray, int]:
         if self.has_pairs:

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import *  # noqa: F401,F403 (the status layout is part of the wrappers' API)
-from .catalogue import _CTYPES, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
+from .catalogue import _CTYPES, DECIDE_MAX, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
     signatures
 
 
@@ -158,6 +158,8 @@ class Kernels:
 
     def step_decide(self, *, block, tb, toff, tlen, merges, list_start, list_len, sel, kmax, st):
         self._check_sel("step_decide", sel, kmax)
+        if kmax > DECIDE_MAX:
+            raise ValueError(f"step_decide: kmax={kmax} > {DECIDE_MAX} candidates staged in shared memory")
         self._launch("step_decide", 1, block, dict(tb=tb, toff=toff, tlen=tlen, tb_cap=tb.shape[0], merges=merges,
                                                    list_start=list_start, list_len=list_len, sel=sel, kmax=kmax,
                                                    st=st))
