@@ -18,6 +18,13 @@ On a CUDA device (the figures that count):
    Per-merge kernels on small occurrence lists are latency-bound; their
    microseconds matter more than their GB/s, and both are reported.
 
+``--model`` (no device needed) runs the device loop's own schedule in
+cuda-sim on the same WordTable, counts the work of every launch and host
+event, and projects the device time with fixed, stated parameters
+(``benchmarks/cost_model.py``); the Numba loop is timed beside it. It is a
+model: check it against a device when one is lent. Its last line:
+``projected device loop S s, numba N s, ratio R (H200 parameters)``.
+
 ``--sim`` runs the same steps on the simulator (cuda-sim) to check the script
 without a GPU; its timings mean nothing.
 
@@ -46,15 +53,15 @@ from gpubpe.backends import cuda as C  # noqa: E402
 from gpubpe.wordtable import WordTable  # noqa: E402
 
 # Bytes each launch must read or write, from what it worked on (n positions,
-# cap table slots, L list entries, o occurrences, p pair positions). Table
-# updates count 24 bytes (key read, count read-modify-write).
+# C candidate-set entries, L list entries, o occurrences found, a accepted
+# occurrences, p pair positions). Table updates count 24 bytes (key read,
+# count read-modify-write).
 BYTES = {
     "count_pairs": "24 n + 24 p",
-    "argmax_partial": "8 cap (counts; keys only on ties)",
-    "mark_occurrences": "12 L + 8 o",
-    "remove_old_pairs": "112 o",
-    "apply_merges": "36 o",
-    "add_new_pairs": "84 o",
+    "step_select": "24 C",
+    "step_find": "12 L + 60 o",
+    "step_update": "8 o + 150 a",
+    "step_apply": "8 o + 36 a",
     "compact_mark": "28 n",
     "compact_scatter": "12 n + 48 kept",
 }
@@ -161,21 +168,19 @@ def kernel_bandwidth(table, nmerges: int, sim: bool) -> dict:
                                               cnt=loop.cnt, bits=loop.bits, used_limit=loop.used_limit,
                                               st=loop.st))
             rows["count_pairs"].append((sec, 24 * n + 24 * pairs))
-        cap = 1 << loop.bits
-        for _ in range(nmerges):
+        steps = 0
+        while steps < nmerges:
             st = loop._status()
             if st[K.ST_HALT]:
                 break
-            for name, launch in loop.merge_steps():
-                list_len = 0
-                if name == "mark_occurrences":
-                    a = int(loop._status()[K.ST_A])
-                    list_len = int(dev.to_host(loop.list_len)[a])
+            steps += 1
+            for name, launch in loop.step_launches():
                 sec = timer(launch)
-                o = int(loop._status()[K.ST_NOCC])
-                size = {"argmax_partial": 8 * cap, "mark_occurrences": 12 * list_len + 8 * o,
-                        "remove_old_pairs": 112 * o, "apply_merges": 36 * o, "add_new_pairs": 84 * o}.get(name)
-                if size is not None:  # argmax_final is one block of bookkeeping: timed in the loop total only
+                st = loop._status()
+                o, a = int(st[K.ST_OCC]), int(st[K.ST_POOL_USED])
+                size = {"step_select": 24 * int(st[K.ST_NCAND]), "step_find": 12 * int(st[K.ST_LISTS]) + 60 * o,
+                        "step_update": 8 * o, "step_apply": 8 * o}.get(name)
+                if size is not None:  # step_decide is one block of bookkeeping: timed in the loop total only
                     rows[name].append((sec, size))
         n = loop.n
         keep = dev.empty(n, np.int32)
@@ -200,10 +205,84 @@ def kernel_bandwidth(table, nmerges: int, sim: bool) -> dict:
     return out
 
 
+def cached_table(corpus: Path) -> WordTable:
+    """The WordTable of ``corpus``, cached in the temp folder (keyed by path, size, mtime)."""
+    import hashlib
+
+    stat = corpus.stat()
+    tag = hashlib.sha256(f"{corpus.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"gpubpe_wordtable_{tag}.npz"
+    if path.exists():
+        z = np.load(path)
+        return WordTable(z["symbols"], z["offsets"], z["counts"])
+    table = build_table(corpus)
+    np.savez(path, symbols=table.symbols, offsets=table.offsets, counts=table.counts)
+    return table
+
+
+def run_model(args, corpus: Path) -> int:
+    """The cost model: the real schedule in cuda-sim, charged with fixed parameters."""
+    import cost_model as M
+
+    t = time.perf_counter()
+    table = cached_table(corpus)
+    merges = args.vocab - 256 - 1
+    print(f"table: {table.num_words:,} words, {table.symbols.shape[0]:,} symbols ({time.perf_counter() - t:.1f} s)",
+          flush=True)
+    trace: list = []
+    t = time.perf_counter()
+    dev = C._Dev(True)
+    m_sim, tok_sim = C._Loop(dev, table, merges, trace=trace).run(np.zeros(1, np.int64))
+    t_sim = time.perf_counter() - t
+    print(f"cuda-sim run of the device schedule: {len(m_sim)} merges ({t_sim:.0f} s on the host, not a timing)",
+          flush=True)
+    t_numba, m_numba, tok_numba = merge_loop_numba(table, merges)
+    same = m_numba.shape == m_sim.shape and bool((m_numba == m_sim).all()) and tok_numba == tok_sim
+    steps = [e for e in trace if e["event"] == "step"]
+    sizes = [e["nacc"] for e in steps]
+    out = [f"# Cost model of the CUDA merge loop (a model, not a measurement)", "",
+           f"Command: `{_common.command_line()}`", "",
+           f"Corpus {corpus} ({corpus.stat().st_size:,} bytes): {table.num_words:,} words, "
+           f"{table.symbols.shape[0]:,} symbols; {len(m_sim):,} merges in **{len(steps):,} steps** "
+           f"(largest {max(sizes, default=0)}, mean {len(m_sim) / max(len(steps), 1):.1f} merges per step); "
+           f"merges identical to the Numba loop: **{same}**.", "",
+           f"Work: {sum(e['lists'] for e in steps):,} list entries scanned, "
+           f"{sum(e['occ'] for e in steps):,} occurrences found, {sum(e['acc_occ'] for e in steps):,} merged, "
+           f"{sum(e['ncand'] for e in steps):,} candidate-set entries read, "
+           f"{sum(1 for e in trace if e['event'] == 'refill')} refills, "
+           f"{sum(1 for e in trace if e['event'] == 'count_pairs')} table counts, "
+           f"{sum(1 for e in trace if e['event'] == 'compact')} compactions, "
+           f"{sum(1 for e in trace if e['event'] == 'readback')} read-backs; longest run walked "
+           f"{max((e['runmax'] for e in steps), default=0)}.", ""]
+    res = {"corpus": str(corpus), "merges": int(len(m_sim)), "steps": len(steps), "identical": same,
+           "numba_s": t_numba}
+    for dev_params in (M.A100, M.H200):
+        p = M.project(trace, dev_params, symbols=int(table.symbols.shape[0]), words=table.num_words,
+                      ntok=256 + merges)
+        out += [f"## {dev_params.name} parameters: projected {p.total:.3f} s, ratio {t_numba / p.total:.1f}x", "",
+                *M.report(p), ""]
+        res[dev_params.name] = {"projected_s": p.total, "ratio": t_numba / p.total,
+                                "terms": {k: v.seconds for k, v in p.terms.items()}}
+    out.append(f"Numba loop on this machine, same WordTable: {t_numba:.2f} s.")
+    out.append("")
+    h = res["H200"]
+    line = f"projected device loop {h['projected_s']:.3f} s, numba {t_numba:.2f} s, ratio {h['ratio']:.1f} (H200 parameters)"
+    out.append(line)
+    text = "\n".join(out)
+    print(text, flush=True)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cost_model.md").write_text(text + "\n")
+        (args.out / "cost_model.json").write_text(json.dumps(res, indent=2, default=str))
+    return 0 if same else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="auto:64", help="a text file, or auto:MB (this Python's .py files)")
-    ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--vocab", "--vocab-size", dest="vocab", type=int, default=32000)
+    ap.add_argument("--model", action="store_true",
+                    help="project the device time with the cost model (cuda-sim schedule; no device needed)")
     ap.add_argument("--kernel-merges", type=int, default=300, help="merges timed kernel by kernel")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench_kernels.md / .json")
     ap.add_argument("--sim", action="store_true", help="run on the simulator (checks the script, no timings)")
@@ -211,8 +290,13 @@ def main(argv=None) -> int:
     ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
 
-    C.make_backend(sim=args.sim)  # fail before the corpus work when there is no device
     corpus = auto_corpus(int(args.corpus.split(":")[1])) if args.corpus.startswith("auto:") else Path(args.corpus)
+    if args.model:
+        import os
+
+        os.environ.setdefault("GPUBPE_SIM_ASAN", "0")  # the model needs the schedule, not the memory checks
+        return run_model(args, corpus)
+    C.make_backend(sim=args.sim)  # fail before the corpus work when there is no device
     t = time.perf_counter()
     table = build_table(corpus)
     t_count = time.perf_counter() - t

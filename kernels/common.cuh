@@ -1,5 +1,5 @@
-// Shared definitions for the merge-loop kernels (pair_table.cu, argmax.cu,
-// merge.cu, compact.cu). Included by each .cu; loaded through
+// Shared definitions for the merge-loop kernels (links.cu, pair_table.cu,
+// step.cu, compact.cu). Included by each .cu; loaded through
 // gpubpe.backends.cuda.kernels (NVRTC on a device, g++ in the simulator).
 //
 // Only what both compilers accept is used here: plain C++ integer types,
@@ -12,26 +12,59 @@
 typedef unsigned long long u64;
 
 // The run status: one int64[ST_SIZE] device array every kernel reads. The
-// host reads it back once per batch of merges, never per merge.
+// host reads it back once per batch of steps, never per step. Sizes that
+// change per step (candidates, occurrences, new pairs) live here, so every
+// launch has fixed arguments and one CUDA graph serves the whole run.
 #define ST_DONE 0        // merges done so far (the next merge's index)
-#define ST_HALT 1        // 0 running, else one of HALT_*; every loop kernel is a no-op while set
-#define ST_NOCC 2        // occurrences found by the current merge
-#define ST_OCC_START 3   // where the current merge's occurrences start in the position pool
-#define ST_POOL_USED 4   // pool entries in use before the current merge's occurrences
-#define ST_DEAD 5        // symbols removed since the last compaction (current merge not included)
+#define ST_HALT 1        // 0 running, else one of HALT_*; set only by step_select / step_decide
+#define ST_OCC 2         // occurrences step_find found this step (all selected candidates)
+#define ST_LISTS 3       // list entries step_find scans this step (sum over the selected candidates)
+#define ST_POOL_USED 4   // position-pool entries in use
+#define ST_DEAD 5        // symbols removed since the last compaction
 #define ST_USED 6        // pair-table slots holding a key
 #define ST_TOKBYTES 7    // bytes used in the token byte buffer
-#define ST_A 8           // left id of the current merge
-#define ST_B 9           // right id of the current merge
+#define ST_NSEL 8        // candidates selected this step (step_select)
+#define ST_NACC 9        // candidates accepted this step (step_decide): merges done = the first NACC
 #define ST_DROPPED 10    // weighted symbols of words dropped by compaction (for the token total)
-#define ST_PENDING 11    // token whose position list length is not yet written, or -1
+#define ST_MKBASE 11     // mk[q] == MKBASE + k marks q as an occurrence of selected candidate k
 #define ST_ERR 12        // detail for HALT_INTERNAL
-#define ST_SIZE 16
+#define ST_LIMIT 13      // merges wanted in all: the device stops there (a partial last batch)
+#define ST_THRESH 14     // candidate threshold: every live pair with count >= it is in cand
+#define ST_NCAND 15      // entries in cand (stale ones, now below the threshold, included)
+#define ST_NNEW 16       // pair-table slots inserted this step (newslots)
+#define ST_SUSED 17      // scratch-table slots used this step (sused)
+#define ST_WANT 18       // how many candidates the next step selects (adapts to the last step)
+#define ST_TFULL 19      // 1: the pair table passed its load limit in a step (halts at the next select)
+#define ST_CFULL 20      // 1: cand overflowed (halts at the next select: the host refills)
+#define ST_SFULL 21      // 1: the scratch table overflowed this step (the step accepts one merge)
+#define ST_STEPS 22      // steps done
+#define ST_RUNMAX 23     // the longest run of equal symbols step_find walked this step (its serial part)
+#define ST_SIZE 32
 
 #define HALT_NO_PAIR 1   // no pair has a positive count: training stops early
 #define HALT_TABLE 2     // the pair table passed its load limit: the host rebuilds it
 #define HALT_TOKBUF 3    // the token byte buffer is full: the host grows it
 #define HALT_INTERNAL 4  // an invariant broke (a bug): the host raises
+#define HALT_REFILL 5    // no pair at or above the threshold in cand: the host refills it
+#define HALT_CAND 6      // cand is full: the host refills (compacts) it
+#define HALT_LIMIT 7     // ST_LIMIT merges done
+
+// The per-step candidate record: sel is int64[SEL_FIELDS * kmax], field f of
+// candidate k at sel[f * kmax + k] (one array keeps the kernel signatures short).
+#define SEL_SLOT 0       // pair-table slot
+#define SEL_CNT 1        // its count at the step's start
+#define SEL_KEY 2        // its key (left << 32 | right)
+#define SEL_LSTART 3     // where list(left) starts in the pool
+#define SEL_PRE 4        // exclusive prefix of the list lengths (step_find's index space)
+#define SEL_MAXC 5       // largest count of a pair this merge alone would create
+#define SEL_NOCC 6       // its occurrences
+#define SEL_FILL 7       // occurrences written to its pool list so far (step_update)
+#define SEL_TOK 8        // the new token's id, for accepted candidates
+#define SEL_POOL 9       // where list(new token) starts in the pool, for accepted candidates
+#define SEL_FIELDS 10
+#define SELECT_UNROLL 8  // candidate-set entries a step_select thread loads per round
+#define DECIDE_MAX 256   // step_decide stages this many candidates in shared memory (kmax <= it)
+#define SELECT_LOCAL 4   // candidates each step_select thread keeps: the block sorts blockDim * 4 (kmax <= that)
 
 #define EMPTY_KEY 0xFFFFFFFFFFFFFFFFull
 #define MAX_BLOCK 256    // __shared__ arrays are sized for this; blockDim.x must be a power of 2 <= it
@@ -57,9 +90,13 @@ __device__ __forceinline__ void set_halt(long long* st, long long code) {
 // linear probing, keys never removed: a pair that dies keeps its slot with
 // count 0 until the host rebuilds the table). Crossing `used_limit` occupied
 // slots halts the loop with HALT_TABLE so probe chains stay short; the
-// insertion itself still completes.
+// insertion itself still completes. In a step (newslots != nullptr) the halt
+// waits for the next step_select (ST_TFULL): the step in flight must still be
+// applied, and the host's recount then starts from its result; every inserted
+// slot is listed in newslots (a new pair's count is final within its step, so
+// step_apply can decide then whether it joins the candidate set).
 __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_limit,
-                          u64 key, long long w, long long* st) {
+                          u64 key, long long w, long long* st, long long* newslots) {
     u64 mask = (1ull << bits) - 1ull;
     u64 s = pair_slot(key, bits);
     for (u64 probe = 0; probe <= mask; ++probe) {
@@ -68,7 +105,11 @@ __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_li
             u64 prev = atomicCAS(&keys[s], EMPTY_KEY, key);
             if (prev == EMPTY_KEY) {
                 long long used = (long long)atomicAdd((u64*)&st[ST_USED], 1ull) + 1;
-                if (used > used_limit) set_halt(st, HALT_TABLE);
+                if (used > used_limit) {
+                    if (newslots) st[ST_TFULL] = 1;
+                    else set_halt(st, HALT_TABLE);
+                }
+                if (newslots) newslots[atomicAdd((u64*)&st[ST_NNEW], 1ull)] = (long long)s;
                 k = key;
             } else {
                 k = prev;
@@ -80,7 +121,9 @@ __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_li
         }
         s = (s + 1ull) & mask;
     }
-    set_halt(st, HALT_TABLE);  // full table: dropped, the host rebuilds and recounts
+    // full table: dropped, the host rebuilds and recounts
+    if (newslots) st[ST_TFULL] = 1;
+    else set_halt(st, HALT_TABLE);
 }
 
 // Subtract w from the count of `key`, which must be present.
@@ -115,19 +158,17 @@ __device__ int tok_cmp(const unsigned char* tb, const long long* toff, const int
     return lx - ly;
 }
 
-// True when slot x ranks strictly above slot y (DESIGN §1.4): higher count,
-// then the greater (bytes(left), bytes(right)). Two distinct tokens can share
-// their bytes; then the greater (left id, right id) wins, so the order is total
-// and the argmax does not depend on the reduction order. -1 is "no slot".
-__device__ bool slot_above(long long x, long long y, const u64* keys, const long long* cnt,
-                           const unsigned char* tb, const long long* toff, const int* tlen) {
-    if (x < 0) return false;
-    if (y < 0) return true;
-    long long cx = cnt[x];
-    long long cy = cnt[y];
+// THE pair order (DESIGN §1.4), the one place it is written: true when pair
+// x = (count cx, key kx) ranks strictly above pair y. Count first, then the
+// greater (bytes(left), bytes(right)). Two distinct tokens can share their
+// bytes; then the greater (left id, right id) wins, so the order is total and
+// no result depends on a reduction order. An empty entry has count -1 (and
+// EMPTY_KEY) and ranks below every pair. The multi-merge step rule holds for
+// any strict total order whose first key is the count (gpubpe/backends/steps.py),
+// so a tie mode changes only the tie part below.
+__device__ bool pair_ranks_above(long long cx, u64 kx, long long cy, u64 ky, const unsigned char* tb,
+                                 const long long* toff, const int* tlen) {
     if (cx != cy) return cx > cy;
-    u64 kx = keys[x];
-    u64 ky = keys[y];
     if (kx == ky) return false;
     int r = tok_cmp(tb, toff, tlen, key_left(kx), key_left(ky));
     if (r != 0) return r > 0;

@@ -4,7 +4,7 @@
 // The pair table is an open-addressing hash table, keys u64 (left << 32 |
 // right), counts int64, EMPTY_KEY = all ones, linear probing, capacity a power
 // of two (1 << bits). It serves both the full count here and the per-merge
-// updates in merge.cu (table_add / table_sub in common.cuh).
+// updates in step.cu (table_add / table_sub in common.cuh).
 //
 // Why a hash table and not sort-and-reduce. Per merge, the loop must add and
 // subtract counts for a handful of pairs chosen by the data, and insert pairs
@@ -39,6 +39,6 @@ extern "C" __global__ void count_pairs(const int* __restrict__ sym, const int* _
         int s = sym[q];
         int r = nxt[q];
         if (s < 0 || r < 0) continue;
-        table_add(keys, cnt, bits, used_limit, pair_key(s, sym[r]), counts[wrd[q]], st);
+        table_add(keys, cnt, bits, used_limit, pair_key(s, sym[r]), counts[wrd[q]], st, nullptr);
     }
 }

@@ -4,6 +4,9 @@
 #   2. compute-sanitizer       memcheck and racecheck on a small training
 #   3. the benchmark           CUDA vs Numba merge loop at vocab 32,000 and each
 #                              kernel's bandwidth (benchmarks/bench_kernels.py)
+#   4. the cost model          the same corpus through bench_kernels.py --model
+#                              (the cuda-sim schedule charged with fixed
+#                              parameters), printed beside the measured loop
 # and a short report, $OUT/gpu_check.md (plus the logs, at most 8 files).
 #
 # Needs what a bare device machine has: Python with CuPy, Numba, NumPy, pytest,
@@ -55,8 +58,11 @@ step() {  # step NAME LIMIT_S LOG command...
 }
 
 # 1. the tests on the device ----------------------------------------------------
+# a bare machine may lack hypothesis or regex: the modules that need them are
+# then reported as collection errors while the rest still runs
 step "pytest -m gpu" 150 "$OUT/pytest_gpu.log" \
-    "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/test_kernels.py tests/test_cuda_backend.py tests/test_train.py
+    "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
+    tests/test_kernels.py tests/test_cuda_backend.py tests/test_train.py
 
 # 2. compute-sanitizer on a small training ---------------------------------------
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)"
@@ -75,7 +81,7 @@ from gpubpe.backends import cuda
 from gpubpe.wordtable import WordTable
 data = open("tests/fixtures/corpus.en", "rb").read()
 table = WordTable.from_counts(Counter(reference_pretokens(data, ["<|endoftext|>"])))
-cuda.MERGE_BATCH = 8  # several batches, graph capture and replay included
+cuda.STEP_BATCH = 4  # several batches, graph capture and replay included
 merges, _ = backends.get("cuda")(table, 300, np.zeros(1, np.int64))
 ref, _ = backends._cpu("python")(table, 300, np.zeros(1, np.int64))
 assert merges.tolist() == ref.tolist(), "merges differ from the CPU backend"
@@ -96,9 +102,19 @@ CORPUS="${GPUBPE_BENCH_CORPUS:-auto:${GPUBPE_BENCH_MB:-64}}"
 step "bench_kernels ($CORPUS)" 210 "$OUT/bench.log" \
     "$PY" benchmarks/bench_kernels.py --corpus "$CORPUS" --vocab 32000 --out "$OUT"
 
+# 4. the cost model on the same corpus (cuda-sim; no device used) ----------------------
+step "cost model ($CORPUS)" 180 "$OUT/model.log" \
+    "$PY" benchmarks/bench_kernels.py --model --corpus "$CORPUS" --vocab 32000 --out "$OUT"
+
 {
     echo
     echo "pytest: $(grep -E '(passed|failed|error|skipped)' "$OUT/pytest_gpu.log" | tail -1)"
+    echo
+    echo "Model against measurement (same corpus, same WordTable):"
+    echo
+    echo "- measured: $("$PY" -c "import json; r = json.load(open('$OUT/bench_kernels.json')); \
+print(f\"cuda loop {r['cuda_s']:.3f} s, numba {r.get('numba_s', float('nan')):.2f} s, ratio {r.get('speedup', float('nan')):.1f}\")" 2>&1 | tail -1)"
+    echo "- model:    $(tail -1 "$OUT/model.log")"
     echo
     if [ -f "$OUT/bench_kernels.md" ]; then cat "$OUT/bench_kernels.md"; else tail -20 "$OUT/bench.log"; fi
     echo

@@ -52,16 +52,19 @@ def as_bytes(table, merges):
 
 
 # Knobs that force every slow path of the driver on tiny inputs: a batch of one
-# merge (a read-back after each), a table rebuilt after each batch and sized
-# to overflow mid-batch, compaction after each batch.
+# step (a read-back after each), a table rebuilt after each batch and sized to
+# overflow mid-batch, compaction after each batch, a candidate set refilled at
+# every step and overflowing, a scratch table too small for a second merge,
+# one candidate per step.
 STRESS = [
-    dict(MERGE_BATCH=1, TABLE_SLACK=1, REBUILD_LOAD=0.0, COMPACT_FRACTION=0.0),
-    dict(MERGE_BATCH=3, TABLE_SLACK=1, MIN_TABLE_BITS=1, TABLE_MAX_LOAD=0.3, COMPACT_FRACTION=0.1),
-    dict(MERGE_BATCH=64),
+    dict(STEP_BATCH=1, TABLE_SLACK=1, REBUILD_LOAD=0.0, COMPACT_FRACTION=0.0, CAND_FRACTION=1.0, CAND_MIN=1),
+    dict(STEP_BATCH=3, TABLE_SLACK=1, MIN_TABLE_BITS=1, TABLE_MAX_LOAD=0.3, COMPACT_FRACTION=0.1, SCRATCH_BITS=2),
+    dict(STEP_CANDIDATES=1, STEP_BATCH=2),
+    dict(),
 ]
 
 
-@pytest.mark.parametrize("knobs", STRESS, ids=["batch1-rebuild-compact", "batch3-overflow", "defaults"])
+@pytest.mark.parametrize("knobs", STRESS, ids=["batch1-rebuild-compact-refill", "batch3-overflow-scratch", "one-candidate", "defaults"])
 @settings(max_examples=max_examples(25), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # the knobs are the same for every example
 @given(data=st.data())
@@ -91,7 +94,7 @@ def test_long_tokens_grow_the_token_buffer(run):
 
 
 def test_progress_counts_merges(run, cuda_mod, monkeypatch):
-    monkeypatch.setattr(cuda_mod, "MERGE_BATCH", 4)
+    monkeypatch.setattr(cuda_mod, "STEP_BATCH", 2)
     table = WordTable.from_counts({b"abcdefghij": 3, b"klmnop": 1})
     progress = np.zeros(1, np.int64)
     merges, _, _ = run(table, 10, progress)
@@ -148,3 +151,40 @@ def test_device_matches_cpu_on_a_larger_table():
     merges, _, ntokens = backends.get("cuda")(table, 2000, np.zeros(1, np.int64))
     cpu_merges, _, cpu_tokens = backends._cpu("numba")(table, 2000, np.zeros(1, np.int64))
     assert merges.tolist() == cpu_merges.tolist() and ntokens == cpu_tokens
+
+
+# Corpora whose first step merges several pairs whose occurrences touch: the
+# neighbour rules of kernels/step.cu for "any merge of this step".
+FORCED_STEPS = [
+    {b"xabcdy": 10, b"ab": 3, b"cd": 2},             # x a b c d y: (a,b) and (c,d) side by side
+    {b"xaabby": 9, b"aa": 4, b"bb": 3, b"xy": 1},     # two runs: (a,a) and (b,b) side by side
+    {b"aaabbb": 7, b"aabb": 5, b"pqaa": 2},           # odd runs next to each other
+    {b"abcdef": 9, b"ab": 5, b"cd": 4, b"ef": 3, b"abcdefabcdef": 1},  # three merges in a row
+]
+
+
+@pytest.mark.parametrize("words", FORCED_STEPS, ids=["abcd", "aabb", "aaabbb", "abcdef"])
+def test_multi_merge_steps_match_oracle(cuda_mod, words):
+    table = WordTable.from_counts(words)
+    trace = []
+    dev = cuda_mod._Dev(True)
+    merges, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, 20)
+    assert ntokens == cpu_run(table, 20)[1]
+    steps = [e for e in trace if e["event"] == "step"]
+    assert steps[0]["nacc"] >= 2 and sum(e["nacc"] for e in steps) == len(merges)
+
+
+def test_steps_on_corpus_en_match_the_pure_rule(cuda_mod):
+    """The device's steps are the steps of gpubpe.backends.steps (same order,
+    same candidates: the device selects at most STEP_CANDIDATES per step)."""
+    from gpubpe.backends import steps as S
+
+    table = table_of(FIXTURES / "corpus.en")
+    trace = []
+    merges, _ = cuda_mod._Loop(cuda_mod._Dev(True), table, 150, trace=trace).run(np.zeros(1, np.int64))
+    sizes = [e["nacc"] for e in trace if e["event"] == "step"]
+    counts = Counter(reference_pretokens((FIXTURES / "corpus.en").read_bytes(), ["<|endoftext|>"]))
+    ref, ref_sizes = S.train_in_steps(counts, 150)
+    assert as_bytes(table, merges) == ref
+    assert len(sizes) < len(merges) // 2 and max(sizes) >= 3

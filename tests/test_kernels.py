@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from ._helpers import max_examples
@@ -111,7 +111,6 @@ def new_table(env, bits):
 
 def status(**fields):
     s = np.zeros(K.ST_SIZE, np.int64)
-    s[K.ST_PENDING] = -1
     for name, v in fields.items():
         s[getattr(K, "ST_" + name)] = v
     return s
@@ -126,11 +125,13 @@ geometry = st.sampled_from([(1, 1), (1, 32), (3, 8), (2, 256)])
 
 def test_status_layout_matches_common_cuh():
     src = (K.kernel_dir() / "common.cuh").read_text()
-    defined = dict(re.findall(r"#define ((?:ST|HALT)_\w+) (\d+)", src))
+    defined = dict(re.findall(r"#define ((?:ST|HALT|SEL)_\w+) (\d+)", src))
     assert defined, "no ST_/HALT_ defines found"
     for name, value in defined.items():
         assert getattr(K, name) == int(value), name
     assert int(re.search(r"#define MAX_BLOCK (\d+)", src).group(1)) == K.MAX_BLOCK
+    for name in ("SELECT_LOCAL", "SELECT_UNROLL", "DECIDE_MAX"):
+        assert int(re.search(rf"#define {name} (\d+)", src).group(1)) == getattr(K, name), name
 
 
 def test_every_kernel_has_a_wrapper():
@@ -186,8 +187,27 @@ def test_count_pairs(env, words, seed, geo, bits):
         assert stt[K.ST_HALT] == K.HALT_TABLE
 
 
-# --- argmax.cu --------------------------------------------------------------------
+# --- links.cu ---------------------------------------------------------------------
 
+
+@settings(max_examples=max_examples(30), deadline=None)
+@given(words=st.lists(st.binary(min_size=0, max_size=9), min_size=1, max_size=12), geo=geometry)
+def test_build_links(env, words, geo):
+    data = b"".join(words)
+    if not data:
+        return
+    off = np.cumsum([0] + [len(w) for w in words]).astype(np.int64)
+    n = len(data)
+    out = [env.put(np.full(n, -9, np.int32)) for _ in range(4)]
+    env.k.build_links(grid=geo[0], block=geo[1], bytes_=env.put(np.frombuffer(data, np.uint8)), off=env.put(off),
+                      nwords=len(words), n=n, sym=out[0], nxt=out[1], prv=out[2], wrd=out[3])
+    sym, nxt, prv, wrd = (env.get(x) for x in out)
+    assert sym.tolist() == list(data)
+    assert words_of(sym, nxt, prv) == [list(w) for w in words if w]
+    assert wrd.tolist() == [i for i, w in enumerate(words) for _ in w]
+
+
+# --- step.cu: one whole step against gpubpe.backends.steps -------------------------
 
 def token_bytes_state(rng, ntok):
     """Token byte strings built to tie: shared prefixes, equal strings, prefixes."""
@@ -210,199 +230,220 @@ def put_tokens(env, toks, cap_extra=64):
     return env.put(buf), env.put(toff), env.put(tlen), o, len(buf)
 
 
+KMAX = 16
+
+
+def py_rank(toks):
+    """The CS336 order on (count, key) with token bytes, as kernels/common.cuh ranks."""
+    return lambda ck: (ck[0], toks[ck[1] >> 32], toks[ck[1] & 0xFFFFFFFF], ck[1])
+
+
 @settings(max_examples=max_examples(40), deadline=None)
-@given(seed=st.integers(0, 2**32), npairs=st.integers(0, 60), bits=st.integers(7, 10),
-       geo=st.sampled_from([(1, 1), (1, 32), (4, 32), (3, 256)]), max_len=st.sampled_from([0, 0, 2, 3, 4, 6]))
-def test_argmax(env, seed, npairs, bits, geo, max_len):
+@given(seed=st.integers(0, 2**32), npairs=st.integers(0, 80), bits=st.integers(7, 9),
+       block=st.sampled_from([1, 4, 32, 256]), max_len=st.sampled_from([0, 0, 2, 3, 4]),
+       want=st.sampled_from([1, 3, 16]))
+def test_step_select(env, seed, npairs, bits, block, max_len, want):
+    """The selected prefix is the true ranking of the eligible pairs at or above
+    the threshold, as long as the kernel can prove, and at least one entry."""
     rng = random.Random(seed)
-    m = 7  # the merge being made: it creates token 256 + 7, so pairs use only the ids before it
-    ntok = 256 + m
+    ntok = 256 + 7
     toks = token_bytes_state(rng, ntok)
     table = {}
     for _ in range(npairs):
-        key = (rng.randrange(ntok) << 32) | rng.randrange(ntok)
-        table[key] = rng.choice([0, -0, 5, 5, 5, 7, 2**40])  # many ties; zero counts never win
+        table[(rng.randrange(ntok) << 32) | rng.randrange(ntok)] = rng.choice([0, 2, 5, 5, 5, 7, 7, 2**40])
     keys = np.full(1 << bits, K.EMPTY_KEY, np.uint64)
     cnt = np.zeros(1 << bits, np.int64)
     slots = rng.sample(range(1 << bits), len(table))
-    for s, (key, c) in zip(slots, table.items()):
-        keys[s], cnt[s] = key, c
-    tb, toff, tlen, used, cap = put_tokens(env, toks)  # token 256 + m's slot is free
-    nparts = geo[0]
-    part = env.put(np.full(nparts, -1, np.int64))
-    merges = env.put(np.full(2 * (m + 1), -1, np.int32))
-    list_start = env.put(np.zeros(ntok + 8, np.int64))
-    list_len = env.put(np.zeros(ntok + 8, np.int64))
-    s = env.put(status(DONE=m, TOKBYTES=used, NOCC=3, POOL_USED=10, PENDING=256 + m - 1, DEAD=4))
-    dk, dc = env.put(keys), env.put(cnt)
-    env.k.argmax_partial(grid=nparts, block=geo[1], keys=dk, cnt=dc, bits=bits, tb=tb, toff=toff, tlen=tlen,
-                         max_len=max_len, part=part, st=s)
-    env.k.argmax_final(block=geo[1], keys=dk, cnt=dc, tb=tb, toff=toff, tlen=tlen, tb_cap=cap, part=part,
-                       nparts=nparts, merges=merges, list_start=list_start, list_len=list_len, st=s)
+    for s_, (key, c) in zip(slots, table.items()):
+        keys[s_], cnt[s_] = key, c
+    thresh = rng.choice([1, 5, 6])
+    cand = [s_ for s_ in slots if rng.random() < 0.9 or cnt[s_] < thresh]  # the invariant: all >= thresh present
+    cand += [s_ for s_ in slots if cnt[s_] >= thresh and s_ not in cand]
+    rng.shuffle(cand)
+    tb, toff, tlen, _, _ = put_tokens(env, toks)
+    lstart = np.arange(ntok + 8, dtype=np.int64) * 3
+    llen = np.array([rng.randrange(5) for _ in range(ntok + 8)], np.int64)
+    kmax = min(KMAX, block * K.SELECT_LOCAL)
+    sel = env.put(np.zeros(K.SEL_FIELDS * kmax, np.int64))
+    s = env.put(status(THRESH=thresh, NCAND=len(cand), WANT=want, LIMIT=100, DONE=7, NSEL=5, MKBASE=10,
+                       SUSED=9, OCC=4))
+    env.k.step_select(block=block, keys=env.put(keys), cnt=env.put(cnt), tb=tb, toff=toff, tlen=tlen,
+                      max_len=max_len, cand=env.put(np.array(cand + [0], np.int64)), list_start=env.put(lstart),
+                      list_len=env.put(llen), sel=sel, kmax=kmax, st=s)
     stt = env.get(s)
-    live = [(c, toks[k >> 32], toks[k & 0xFFFFFFFF], k) for k, c in table.items()
-            if c > 0 and (max_len == 0 or len(toks[k >> 32]) + len(toks[k & 0xFFFFFFFF]) <= max_len)]
-    if not live:
-        assert stt[K.ST_HALT] == K.HALT_NO_PAIR and stt[K.ST_DONE] == m
+    elig = sorted([(int(cnt[s_]), int(keys[s_])) for s_ in slots if cnt[s_] >= thresh and cnt[s_] > 0
+                   and (max_len == 0 or len(toks[keys[s_] >> 32]) + len(toks[keys[s_] & 0xFFFFFFFF]) <= max_len)],
+                  key=py_rank(toks), reverse=True)
+    if not elig:
+        assert stt[K.ST_HALT] == K.HALT_REFILL
         return
-    best = max(live)[3]
-    a, b = best >> 32, best & 0xFFFFFFFF
-    assert stt[K.ST_HALT] == 0
-    assert env.get(merges)[2 * m : 2 * m + 2].tolist() == [a, b]
-    assert (stt[K.ST_A], stt[K.ST_B], stt[K.ST_DONE]) == (a, b, m + 1)
-    t = 256 + m
-    o, n = int(env.get(toff)[t]), int(env.get(tlen)[t])
-    assert (o, n) == (used, len(toks[a]) + len(toks[b]))
-    assert env.get(tb)[o : o + n].tobytes() == toks[a] + toks[b]
-    assert stt[K.ST_TOKBYTES] == used + n
-    assert env.get(list_len)[t - 1] == 3  # the previous merge's occurrence count
-    assert stt[K.ST_POOL_USED] == 13 and stt[K.ST_OCC_START] == 13 and env.get(list_start)[t] == 13
-    assert stt[K.ST_NOCC] == 0 and stt[K.ST_DEAD] == 7 and stt[K.ST_PENDING] == t
+    n = int(stt[K.ST_NSEL])
+    assert stt[K.ST_HALT] == 0 and 1 <= n <= min(want, kmax)
+    assert n >= min(want, kmax, K.SELECT_LOCAL, len(elig))  # one thread's own entries are always provable
+    got = env.get(sel).reshape(K.SEL_FIELDS, kmax)
+    assert [(int(c), int(k_) & (2**64 - 1)) for c, k_ in zip(got[K.SEL_CNT, :n], got[K.SEL_KEY, :n])] == elig[:n]
+    assert all(int(keys[got[K.SEL_SLOT, i]]) == int(got[K.SEL_KEY, i]) & (2**64 - 1) for i in range(n))
+    lefts = [int(got[K.SEL_KEY, i]) >> 32 for i in range(n)]
+    assert got[K.SEL_LSTART, :n].tolist() == [int(lstart[a]) for a in lefts]
+    assert got[K.SEL_PRE, :n].tolist() == np.concatenate([[0], np.cumsum([llen[a] for a in lefts])[:-1]]).tolist()
+    assert stt[K.ST_LISTS] == sum(int(llen[a]) for a in lefts)
+    assert (stt[K.ST_MKBASE], stt[K.ST_SUSED], stt[K.ST_OCC], stt[K.ST_NACC]) == (15, 0, 0, 0)
 
 
-def test_argmax_full_token_buffer_halts_without_change(env):
-    toks = [bytes([i]) for i in range(256)] + [b"x" * 40]
-    tb, toff, tlen, used, cap = put_tokens(env, toks, cap_extra=10)
-    keys, cnt = np.full(1024, K.EMPTY_KEY, np.uint64), np.zeros(1024, np.int64)
-    keys[5], cnt[5] = (256 << 32) | 256, 9  # would need 80 bytes
-    dk, dc = env.put(keys), env.put(cnt)
-    part = env.put(np.full(2, -1, np.int64))
-    merges = env.put(np.full(4, -1, np.int32))
-    ls, ll = env.put(np.zeros(300, np.int64)), env.put(np.zeros(300, np.int64))
-    s = env.put(status(DONE=1, TOKBYTES=used))
-    env.k.argmax_partial(grid=2, block=32, keys=dk, cnt=dc, bits=10, tb=tb, toff=toff, tlen=tlen, part=part, st=s)
-    env.k.argmax_final(block=32, keys=dk, cnt=dc, tb=tb, toff=toff, tlen=tlen, tb_cap=cap, part=part, nparts=2,
-                       merges=merges, list_start=ls, list_len=ll, st=s)
-    stt = env.get(s)
-    assert stt[K.ST_HALT] == K.HALT_TOKBUF and stt[K.ST_DONE] == 1 and stt[K.ST_TOKBYTES] == used
-    assert env.get(merges).tolist() == [-1] * 4
+def test_step_select_halts_on_flags(env):
+    keys, cnt = new_table(env, 4)
+    tb, toff, tlen, _, _ = put_tokens(env, [bytes([i]) for i in range(256)])
+    sel = env.put(np.zeros(K.SEL_FIELDS * 4, np.int64))
+    z = env.put(np.zeros(300, np.int64))
+    for fields, code in [(dict(TFULL=1), K.HALT_TABLE), (dict(CFULL=1), K.HALT_CAND),
+                         (dict(DONE=5, LIMIT=5), K.HALT_LIMIT)]:
+        s = env.put(status(**{"LIMIT": 9, **fields}))
+        env.k.step_select(block=32, keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=0,
+                          cand=env.put(np.zeros(1, np.int64)), list_start=z, list_len=z, sel=sel, kmax=4, st=s)
+        assert env.get(s)[K.ST_HALT] == code
 
 
-# --- merge.cu ---------------------------------------------------------------------
-
-
-def reference_occurrences(sym, nxt, prv, a, b):
-    """Occurrence starts, left to right and non-overlapping, per live sequence."""
-    occ = set()
-    for q in range(len(sym)):
-        if sym[q] >= 0 and prv[q] < 0:
-            r = q
-            while r >= 0 and nxt[r] >= 0:
-                if sym[r] == a and sym[nxt[r]] == b:
-                    occ.add(r)
-                    r = nxt[nxt[r]]
-                else:
-                    r = nxt[r]
-    return occ
-
-
-def reference_merge(words, a, b, t):
-    out = []
-    for w in words:
-        o, i = [], 0
-        while i < len(w):
-            if i + 1 < len(w) and w[i] == a and w[i + 1] == b:
-                o.append(t)
-                i += 2
-            else:
-                o.append(w[i])
-                i += 1
-        out.append(o)
-    return out
-
-
-adversarial_words = st.one_of(
-    word_lists,
-    st.lists(st.lists(st.just(1), min_size=0, max_size=40), min_size=1, max_size=4),  # runs of one symbol
-    st.lists(st.lists(st.sampled_from([1, 2]), min_size=0, max_size=30), min_size=1, max_size=6),
+step_words = st.one_of(
+    st.lists(st.lists(st.integers(0, 5), min_size=0, max_size=12), min_size=1, max_size=10),
+    st.lists(st.lists(st.sampled_from([1, 1, 2]), min_size=0, max_size=30), min_size=1, max_size=5),  # runs
+    # units of disjoint pairs side by side: x a b c d y and a a b b, to put occurrences
+    # of different merges of one step next to each other
+    st.lists(st.lists(st.sampled_from([(0, 1), (2, 3), (4, 4), (5, 5), (6,), (1, 2)]), min_size=1, max_size=8)
+             .map(lambda us: [x for u in us for x in u]), min_size=1, max_size=8),
 )
 
 
 @settings(max_examples=max_examples(60), deadline=None)
-@given(words=adversarial_words, seed=st.integers(0, 2**32), geo=geometry, same=st.booleans())
-def test_merge_kernels(env, words, seed, geo, same):
-    """mark, remove, apply, add, each checked against the reference after its launch."""
+@given(words=step_words, seed=st.integers(0, 2**32), geo=geometry, tok_room=st.sampled_from([64, 2, 1]))
+def test_one_step(env, words, seed, geo, tok_room):
+    """select, find, decide, update, apply on a word state with removed slots:
+    the merges accepted are those of gpubpe.backends.steps from the same state,
+    the words are merged, the table holds the new pair counts, the new pairs at
+    or above the threshold joined the candidate set, the scratch is clean."""
+    from gpubpe.backends import steps
+
     rng = random.Random(seed)
-    a, b = (1, 1) if same else (1, 2)
-    m = 3
-    t = 256 + m
-    counts = np.array([rng.choice([1, 3, 2**33]) for _ in words], np.int64)
+    spread = rng.random() < 0.7  # distinct weights make steps of several merges likely
+    counts = np.array([rng.randint(1, 60) if spread else rng.choice([1, 2, 3, 2**33]) for _ in words], np.int64)
     sym, nxt, prv, wrd, _ = layout(words, counts, rng)
-    if len(sym) == 0:
-        return
     n = len(sym)
-    # list(a): every position holding a, plus stale entries (other symbols), shuffled
-    lst = [q for q in range(n) if sym[q] == a] + [q for q in range(n) if sym[q] not in (a,) and rng.random() < 0.3]
-    rng.shuffle(lst)
-    pool_cap = len(lst) + n + 4
-    pool = np.full(pool_cap, -7, np.int32)
+    if n == 0:
+        return
+    g, blk = geo
+    done = 5  # merges before this step: tokens 256..260 exist (unused by the words)
+    toks = [bytes([i]) for i in range(256)] + [b"q" * (i + 2) for i in range(done)]
+    ntok = 256 + done + KMAX + 1
+    # the pool: per token its positions, plus stale entries
+    order = sorted(range(n), key=lambda q: (sym[q], rng.random()))
+    pool = np.full(2 * n + 16, -7, np.int32)
+    lst = [q for q in order if sym[q] >= 0]
     pool[: len(lst)] = lst
-    list_start = np.zeros(300, np.int64)
-    list_len = np.zeros(300, np.int64)
-    list_len[a] = len(lst)
+    list_start = np.zeros(ntok, np.int64)
+    list_len = np.zeros(ntok, np.int64)
+    for x in set(sym.tolist()) - {-1}:
+        where = [i for i, q in enumerate(lst) if sym[q] == x]
+        list_start[x], list_len[x] = where[0], len(where)
     bits = 9
-    keys, cnt = new_table(env, bits)
-    before = pair_counts(sym, nxt, wrd, counts)
     d = {k_: env.put(v) for k_, v in dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=counts, pool=pool,
                                            list_start=list_start, list_len=list_len,
-                                           mk=np.full(n, -1, np.int32)).items()}
-    s = env.put(status(DONE=m + 1, A=a, B=b, OCC_START=len(lst), POOL_USED=len(lst)))
-    g, blk = geo
+                                           mk=np.full(n, -1, np.int32), occ=np.full(n, -3, np.int32)).items()}
+    keys, cnt = new_table(env, bits)
+    thresh = rng.choice([1, 2, 3])
+    s = env.put(status(TOKBYTES=sum(map(len, toks)), LIMIT=done + rng.choice([1, 3, 100]), DONE=done,
+                       WANT=rng.choice([2, KMAX, KMAX]), THRESH=thresh, POOL_USED=len(lst), MKBASE=rng.randrange(50)))
     env.k.count_pairs(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], wrd=d["wrd"], counts=d["counts"], n=n,
                       keys=keys, cnt=cnt, bits=bits, used_limit=1 << bits, st=s)
-    assert table_dict(env, keys, cnt) == before
-
-    env.k.mark_occurrences(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], pool=d["pool"],
-                           list_start=d["list_start"], list_len=d["list_len"], pool_cap=pool_cap, st=s)
+    before = pair_counts(sym, nxt, wrd, counts)
+    kt = env.get(keys)
+    cand_host = [i for i in range(1 << bits) if int(kt[i]) != EMPTY and before[int(kt[i])] >= thresh]
+    cand = env.put(np.array(cand_host + [0] * 64, np.int64))
     stt = env.get(s)
-    occ = reference_occurrences(sym, nxt, prv, a, b)
-    nocc = int(stt[K.ST_NOCC])
-    assert nocc == len(occ)
-    got = env.get(d["pool"])[len(lst) : len(lst) + nocc]
-    assert sorted(got.tolist()) == sorted(occ)
-    mk = env.get(d["mk"])
-    assert {q for q in range(n) if mk[q] == m} == occ
-
-    old_words = words_of(sym, nxt, prv)
-    env.k.remove_old_pairs(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], wrd=d["wrd"],
-                           counts=d["counts"], pool=d["pool"], keys=keys, cnt=cnt, bits=bits, st=s)
-    # removed: every pair position touching an occurrence (its left or right symbol)
-    touched = occ | {int(nxt[q]) for q in occ}
-    expect = dict(before)
-    for q in range(n):
-        if sym[q] >= 0 and nxt[q] >= 0 and (q in touched or int(nxt[q]) in touched):
-            key = (int(sym[q]) << 32) | int(sym[nxt[q]])
-            expect[key] -= int(counts[wrd[q]])
-    assert table_dict(env, keys, cnt) == expect
-
-    env.k.apply_merges(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], pool=d["pool"], st=s)
+    stt[K.ST_NCAND] = len(cand_host)
+    s = env.put(stt)
+    tb, toff, tlen, _, _ = put_tokens(env, toks, cap_extra=tok_room)
+    kmax = min(KMAX, blk * K.SELECT_LOCAL)
+    sel = env.put(np.zeros(K.SEL_FIELDS * kmax, np.int64))
+    merges = env.put(np.full(2 * (done + KMAX + 1), -1, np.int32))
+    skeys, scnt = new_table(env, 8)
+    sused = env.put(np.full(128, -5, np.int64))
+    newslots = env.put(np.full(1 << bits, -5, np.int64))
+    k = env.k
+    k.step_select(block=blk, keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=0, cand=cand,
+                  list_start=d["list_start"], list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
+    if not before or max(before.values()) < thresh:
+        assert env.get(s)[K.ST_HALT] == K.HALT_REFILL
+        return
+    k.step_find(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], wrd=d["wrd"], counts=d["counts"],
+                mk=d["mk"], pool=d["pool"], occ=d["occ"], sel=sel, kmax=kmax, skeys=skeys, scnt=scnt, sbits=8,
+                sused=sused, st=s)
+    k.step_decide(block=blk, tb=tb, toff=toff, tlen=tlen, merges=merges, list_start=d["list_start"],
+                  list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
+    stt = env.get(s)
+    if tok_room < 2:  # no room for even one token's bytes
+        assert stt[K.ST_HALT] == K.HALT_TOKBUF
+        return
+    assert stt[K.ST_HALT] == 0
+    nsel, nacc = int(stt[K.ST_NSEL]), int(stt[K.ST_NACC])
+    event(f"merges in the step: {min(nacc, 3)}{'+' if nacc >= 3 else ''}")
+    # the same step by the pure rule, from the same state, the same candidates
+    live_words = {}
+    for q in range(n):  # weights per live sequence
+        if sym[q] >= 0 and prv[q] < 0:
+            seq, r = [], q
+            while r >= 0:
+                seq.append(int(sym[r]))
+                r = nxt[r]
+            live_words[tuple(seq)] = live_words.get(tuple(seq), 0) + int(counts[wrd[q]])
+    ranked = sorted(((p, c) for p, c in steps.pair_counts(live_words).items() if c >= thresh),
+                    key=lambda pc: (pc[1], pc[0]), reverse=True)[:nsel]
+    limit = int(stt[K.ST_LIMIT]) - done
+    expect = ranked[: min(limit, steps.accept_count(
+        ranked, lambda i: max(steps.created_alone(live_words, ranked[i][0]).values(), default=0)))]
+    if tok_room == 2:
+        expect = expect[:1]
+    got = env.get(merges)[2 * done: 2 * (done + nacc)].reshape(-1, 2).tolist()
+    assert got == [list(p) for p, _ in expect]
+    assert stt[K.ST_DONE] == done + nacc
+    k.step_update(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], wrd=d["wrd"],
+                  counts=d["counts"], occ=d["occ"], pool=d["pool"], sel=sel, kmax=kmax, keys=keys, cnt=cnt, bits=bits,
+                  used_limit=1 << bits, newslots=newslots, st=s)
+    k.step_apply(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], occ=d["occ"], sel=sel,
+                 kmax=kmax, cnt=cnt, newslots=newslots, cand=cand, skeys=skeys, scnt=scnt, sused=sused, st=s)
+    stt = env.get(s)
+    assert stt[K.ST_HALT] == 0 and stt[K.ST_TFULL] == 0
+    # the words: each accepted merge applied in turn (token-disjoint: any order)
+    new_words = {}
+    for wd, c in live_words.items():
+        for i, (p, _) in enumerate(expect):
+            wd = steps.merge_word(wd, p, 256 + done + i)
+        new_words[wd] = new_words.get(wd, 0) + c
     s2, n2, p2 = env.get(d["sym"]), env.get(d["nxt"]), env.get(d["prv"])
-    assert words_of(s2, n2, p2) == [w for w in reference_merge(old_words, a, b, t) if w]
-    assert all(s2[int(nxt[q])] == -1 for q in occ)
-
-    env.k.add_new_pairs(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], wrd=d["wrd"],
-                        counts=d["counts"], pool=d["pool"], keys=keys, cnt=cnt, bits=bits, used_limit=1 << bits,
-                        st=s)
-    assert env.get(s)[K.ST_HALT] == 0
+    merged = {}
+    for q in range(n):
+        if s2[q] >= 0 and p2[q] < 0:
+            seq, r = [], q
+            while r >= 0:
+                seq.append(int(s2[r]))
+                r = n2[r]
+            merged[tuple(seq)] = merged.get(tuple(seq), 0) + int(counts[wrd[q]])
+    assert merged == new_words
     after = pair_counts(s2, n2, wrd, counts)
-    got = table_dict(env, keys, cnt, drop_zero=True)
-    assert got == {k_: v for k_, v in after.items() if v}
-
-
-def test_merge_kernels_are_noops_when_halted(env):
-    words = [[1, 2, 1, 2]]
-    rng = random.Random(0)
-    sym, nxt, prv, wrd, _ = layout(words, [1], rng, dead_rate=0)
-    d = {k_: env.put(v) for k_, v in dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=np.ones(1, np.int64),
-                                           pool=np.array([0, 2, 0, 0, 0, 0], np.int32),
-                                           list_start=np.zeros(300, np.int64), mk=np.full(4, -1, np.int32),
-                                           list_len=np.full(300, 2, np.int64)).items()}
-    s = env.put(status(DONE=1, A=1, B=2, OCC_START=2, POOL_USED=2, HALT=K.HALT_TABLE))
-    env.k.mark_occurrences(grid=1, block=32, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], pool=d["pool"],
-                           list_start=d["list_start"], list_len=d["list_len"], pool_cap=6, st=s)
-    env.k.apply_merges(grid=1, block=32, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], pool=d["pool"], st=s)
-    assert env.get(s)[K.ST_NOCC] == 0
-    assert env.get(d["sym"]).tolist() == sym.tolist()
+    assert table_dict(env, keys, cnt, drop_zero=True) == {k_: v for k_, v in after.items() if v}
+    # new pairs at or above the threshold are candidates now; the scratch is empty
+    kt, ct = env.get(keys), env.get(cnt)
+    in_cand = set(env.get(cand)[: int(stt[K.ST_NCAND])].tolist())
+    for i in range(1 << bits):
+        key = int(kt[i])
+        if key != EMPTY and ((key >> 32) >= 256 + done or (key & 0xFFFFFFFF) >= 256 + done) and ct[i] >= thresh:
+            assert i in in_cand
+    assert (env.get(skeys) == K.EMPTY_KEY).all() and (env.get(scnt) == 0).all()
+    # each new token's list holds exactly its positions, and its bytes are in place
+    ls, ll, pl = env.get(d["list_start"]), env.get(d["list_len"]), env.get(d["pool"])
+    to, tl, tbh = env.get(toff), env.get(tlen), env.get(tb)
+    for i, (p, _) in enumerate(expect):
+        t = 256 + done + i
+        assert sorted(pl[ls[t]: ls[t] + ll[t]].tolist()) == sorted(q for q in range(n) if s2[q] == t)
+        assert tbh[to[t]: to[t] + tl[t]].tobytes() == toks[p[0]] + toks[p[1]]
 
 
 # --- compact.cu --------------------------------------------------------------------

@@ -37,7 +37,13 @@ from ... import config
 from .. import BackendUnavailable
 from . import kernels as K
 
-MERGE_BATCH = config.CUDA_MERGE_BATCH
+STEP_BATCH = config.CUDA_STEP_BATCH
+STEP_CANDIDATES = config.CUDA_STEP_CANDIDATES
+STEP_FIRST_WANT = config.CUDA_STEP_FIRST_WANT
+SCRATCH_BITS = config.CUDA_SCRATCH_BITS
+SCRATCH_MAX_LOAD = config.CUDA_SCRATCH_MAX_LOAD
+CAND_FRACTION = config.CUDA_CAND_FRACTION
+CAND_MIN = config.CUDA_CAND_MIN
 TABLE_MAX_LOAD = config.CUDA_TABLE_MAX_LOAD
 REBUILD_LOAD = config.CUDA_REBUILD_LOAD
 TABLE_SLACK = config.CUDA_TABLE_SLACK
@@ -105,7 +111,7 @@ class _Dev:
 
 
 class _Loop:
-    def __init__(self, dev: _Dev, table, num_merges: int, max_len: int = 0):
+    def __init__(self, dev: _Dev, table, num_merges: int, max_len: int = 0, trace=None):
         n = int(table.symbols.shape[0])
         if n > 2**31 - 2 or table.num_words > 2**31 - 2:
             raise ValueError(
@@ -116,18 +122,26 @@ class _Loop:
         self.k = dev.k
         self.num_merges = num_merges
         self.max_len = int(max_len)  # 0: no cap on merged token length
+        self.trace = trace  # a list: one dict per step and per host event (the cost model), or None
         self.graph = None
-        sym, nxt, prv, wrd = _initial_links(table)
+        self.kmax = min(STEP_CANDIDATES, dev.block * K.SELECT_LOCAL)
         self.n = n
-        self.sym = dev.to_device(sym)
-        self.nxt = dev.to_device(nxt)
-        self.prv = dev.to_device(prv)
-        self.wrd = dev.to_device(wrd)
+        k = dev.k
+        # the upload: symbols as bytes (every initial symbol is one), offsets and
+        # counts; the links are built on the device
+        symbols = np.asarray(table.symbols)
+        if n and int(symbols.max()) > 255:
+            raise ValueError("a WordTable's initial symbols are bytes (0..255)")
+        off = np.ascontiguousarray(table.offsets, np.int64)
+        self.sym, self.nxt, self.prv, self.wrd = (dev.empty(max(n, 1), np.int32) for _ in range(4))
+        if n:
+            k.build_links(block=dev.block, bytes_=dev.to_device(symbols, np.uint8), off=dev.to_device(off),
+                          nwords=int(table.num_words), n=n, sym=self.sym, nxt=self.nxt, prv=self.prv, wrd=self.wrd)
         self.counts = dev.to_device(table.counts, np.int64)
-        self.mk = dev.full(max(n, 1), -1, np.int32)
         st = np.zeros(K.ST_SIZE, np.int64)
-        st[K.ST_PENDING] = -1
         st[K.ST_TOKBYTES] = 256
+        st[K.ST_LIMIT] = num_merges
+        st[K.ST_WANT] = min(self.kmax, STEP_FIRST_WANT)
         self.st = dev.to_device(st)
         ntok = 256 + max(num_merges, 1)
         self.ntok = ntok
@@ -138,17 +152,21 @@ class _Loop:
         self.toff = dev.to_device(toff)
         self.tlen = dev.to_device(tlen)
         # room for tokens of 16 bytes on average; HALT_TOKBUF grows it
-        self.tb_cap = 256 + 16 * max(num_merges, 1)
-        tb = np.zeros(self.tb_cap, np.uint8)
+        tb = np.zeros(256 + 16 * max(num_merges, 1), np.uint8)
         tb[:256] = np.arange(256, dtype=np.uint8)
         self.tb = dev.to_device(tb)
         self.merges = dev.full(2 * max(num_merges, 1), -1, np.int32)
-        self.list_start = dev.full(ntok, 0, np.int64)
-        self.list_len = dev.full(ntok, 0, np.int64)
-        self.part = dev.full(dev.max_parts, -1, np.int64)
+        self.sel = dev.full(K.SEL_FIELDS * self.kmax, 0, np.int64)
+        scap = 1 << SCRATCH_BITS
+        self.sbits = SCRATCH_BITS
+        self.skeys = dev.full(scap, K.EMPTY_KEY, np.uint64)
+        self.scnt = dev.full(scap, 0, np.int64)
+        self.sused = dev.empty(max(1, int(scap * SCRATCH_MAX_LOAD)), np.int64)
+        self.cand = dev.empty(CAND_MIN, np.int64)
         self.bits = 0
         self._compact()
         self._rebuild_table(min(self.n, 65536))  # initial pairs are byte pairs
+        self.has_pairs = self._refill()
 
     # -- status -------------------------------------------------------------
     def _status(self) -> np.ndarray:
@@ -160,12 +178,17 @@ class _Loop:
             st[getattr(K, "ST_" + name)] = v
         self.dev.write(self.st, st)
 
+    def _event(self, kind: str, **sizes) -> None:
+        if self.trace is not None:
+            self.trace.append({"event": kind, **sizes})
+
     # -- rebuilds (between batches) ------------------------------------------
     def _compact(self) -> None:
         """Squeeze removed symbols and one-symbol words out; rebuild the pool."""
         dev, k, xp = self.dev, self.k, self.dev.xp
         n = self.n
         self.graph = None
+        self._event("compact", n=n)
         if n > 0:
             keep = dev.empty(n, np.int32)
             k.compact_mark(block=dev.block, sym=self.sym, nxt=self.nxt, prv=self.prv, wrd=self.wrd,
@@ -179,28 +202,28 @@ class _Loop:
                               out_wrd=out[3])
             self.sym, self.nxt, self.prv, self.wrd = out
             self.n = n2
-            self.mk = dev.full(max(n2, 1), -1, np.int32)
+        n = self.n
+        self.mk = dev.full(max(n, 1), -1, np.int32)
+        self.occ = dev.empty(max(n, 1), np.int32)  # each position starts at most one selected pair
         # the pool: positions grouped by token; then room for one entry per
         # symbol that can still be removed
-        n = self.n
         order = xp.argsort(self.sym[:n]) if n else xp.zeros(0, np.int64)
         sorted_sym = self.sym[:n][order]
         ids = xp.arange(self.ntok, dtype=sorted_sym.dtype)
         lo = xp.searchsorted(sorted_sym, ids, side="left")
         hi = xp.searchsorted(sorted_sym, ids, side="right")
-        self.pool_cap = 2 * n + 16
-        self.pool = dev.empty(self.pool_cap, np.int32)
+        self.pool = dev.empty(2 * n + 16, np.int32)
         self.pool[:n] = order.astype(np.int32)
         self.list_start = dev.to_device(lo, np.int64)
         self.list_len = dev.to_device(hi - lo, np.int64)
-        self._set_status(POOL_USED=n, OCC_START=n, NOCC=0, DEAD=0, PENDING=-1)
+        self._set_status(POOL_USED=n, DEAD=0)
 
     def _rebuild_table(self, live_pairs: int) -> None:
         """Recount every live pair into a fresh table sized for ``live_pairs``.
 
         The estimate may be off either way: a table that overflows is doubled
-        and recounted, and one far larger than the pairs it got (the argmax
-        scans every slot, every merge) is recounted once at the right size."""
+        and recounted, and one far larger than the pairs it got (each refill
+        scans every slot) is recounted once at the right size."""
         dev, k = self.dev, self.k
         self.graph = None
         bits = self._bits_for(live_pairs)
@@ -211,7 +234,8 @@ class _Loop:
             self.cnt = dev.full(cap, 0, np.int64)
             self.bits = bits
             self.used_limit = int(cap * TABLE_MAX_LOAD)
-            self._set_status(USED=0, HALT=0)
+            self._set_status(USED=0, HALT=0, TFULL=0)
+            self._event("count_pairs", n=self.n, cap=cap)
             if self.n:
                 k.count_pairs(block=dev.block, sym=self.sym, nxt=self.nxt,
                               wrd=self.wrd, counts=self.counts, n=self.n, keys=self.keys, cnt=self.cnt,
@@ -225,95 +249,152 @@ class _Loop:
                 bits, resized = right, True
                 continue
             break
-        self.nparts = K.Kernels.grid_over(cap, dev.block, dev.max_parts)
+        self.newslots = dev.empty(cap, np.int64)
 
     @staticmethod
     def _bits_for(pairs: int) -> int:
         return max(MIN_TABLE_BITS, math.ceil(math.log2(TABLE_SLACK * max(pairs, 1))))
 
+    def _refill(self) -> bool:
+        """Rebuild the candidate set from a scan of the table: the threshold is
+        CAND_FRACTION of the best eligible count. False when no pair is left."""
+        xp = self.dev.xp
+        c, keys = self.cnt, self.keys
+        elig = c > 0
+        if self.max_len:
+            full = keys != K.EMPTY_KEY
+            left = xp.where(full, keys >> np.uint64(32), np.uint64(0)).astype(np.int64)
+            right = xp.where(full, keys & np.uint64(0xFFFFFFFF), np.uint64(0)).astype(np.int64)
+            elig &= (self.tlen[left] + self.tlen[right]) <= self.max_len
+        cap = int(c.shape[0])
+        best = int(xp.max(xp.where(elig, c, 0))) if cap else 0
+        if best <= 0:
+            self._event("refill", cap=cap, cand=0)
+            return False
+        thresh = max(1, int(best * CAND_FRACTION))
+        slots = xp.nonzero(elig & (c >= thresh))[0].astype(np.int64)
+        m = int(slots.shape[0])
+        if self.cand.shape[0] < 2 * m + CAND_MIN:
+            self.cand = self.dev.empty(4 * m + CAND_MIN, np.int64)
+            self.graph = None
+        self.cand[:m] = slots
+        self._event("refill", cap=cap, cand=m)
+        self._set_status(THRESH=thresh, NCAND=m, CFULL=0, HALT=0)
+        return True
+
     def _grow_token_bytes(self) -> None:
         self.graph = None
         old = self.tb
-        self.tb_cap *= 2
-        self.tb = self.dev.empty(self.tb_cap, np.uint8)
+        self.tb = self.dev.empty(2 * old.shape[0], np.uint8)
         self.tb[: old.shape[0]] = old
         self._set_status(HALT=0)
 
     # -- the loop -------------------------------------------------------------
-    def merge_steps(self):
-        """The launches of one merge, in order, as (kernel name, thunk)."""
+    def step_launches(self):
+        """The launches of one step, in order, as (kernel name, thunk)."""
         dev, k = self.dev, self.k
-        blk, g = dev.block, dev.merge_grid
+        blk, g, km = dev.block, dev.merge_grid, self.kmax
         return [
-            ("argmax_partial", lambda: k.argmax_partial(
-                grid=self.nparts, block=blk, keys=self.keys, cnt=self.cnt, bits=self.bits, tb=self.tb,
-                toff=self.toff, tlen=self.tlen, max_len=self.max_len, part=self.part, st=self.st)),
-            ("argmax_final", lambda: k.argmax_final(
+            ("step_select", lambda: k.step_select(
                 block=blk, keys=self.keys, cnt=self.cnt, tb=self.tb, toff=self.toff, tlen=self.tlen,
-                tb_cap=self.tb_cap, part=self.part, nparts=self.nparts, merges=self.merges,
-                list_start=self.list_start, list_len=self.list_len, st=self.st)),
-            ("mark_occurrences", lambda: k.mark_occurrences(
-                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, pool=self.pool,
-                list_start=self.list_start, list_len=self.list_len, pool_cap=self.pool_cap, st=self.st)),
-            ("remove_old_pairs", lambda: k.remove_old_pairs(
+                max_len=self.max_len, cand=self.cand, list_start=self.list_start, list_len=self.list_len,
+                sel=self.sel, kmax=km, st=self.st)),
+            ("step_find", lambda: k.step_find(
+                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, wrd=self.wrd, counts=self.counts,
+                mk=self.mk, pool=self.pool, occ=self.occ, sel=self.sel, kmax=km, skeys=self.skeys, scnt=self.scnt,
+                sbits=self.sbits, sused=self.sused, st=self.st)),
+            ("step_decide", lambda: k.step_decide(
+                block=blk, tb=self.tb, toff=self.toff, tlen=self.tlen, merges=self.merges,
+                list_start=self.list_start, list_len=self.list_len, sel=self.sel, kmax=km, st=self.st)),
+            ("step_update", lambda: k.step_update(
                 grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, wrd=self.wrd,
-                counts=self.counts, pool=self.pool, keys=self.keys, cnt=self.cnt, bits=self.bits, st=self.st)),
-            ("apply_merges", lambda: k.apply_merges(
-                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, pool=self.pool, st=self.st)),
-            ("add_new_pairs", lambda: k.add_new_pairs(
-                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, wrd=self.wrd,
-                counts=self.counts, pool=self.pool, keys=self.keys, cnt=self.cnt, bits=self.bits,
-                used_limit=self.used_limit, st=self.st)),
+                counts=self.counts, occ=self.occ, pool=self.pool, sel=self.sel, kmax=km, keys=self.keys,
+                cnt=self.cnt, bits=self.bits, used_limit=self.used_limit, newslots=self.newslots, st=self.st)),
+            ("step_apply", lambda: k.step_apply(
+                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, occ=self.occ,
+                sel=self.sel, kmax=km, cnt=self.cnt, newslots=self.newslots, cand=self.cand, skeys=self.skeys,
+                scnt=self.scnt, sused=self.sused, st=self.st)),
         ]
 
-    def _launch_merge(self) -> None:
-        for _, launch in self.merge_steps():
-            launch()
-
-    def _launch_batch(self, nmerges: int) -> None:
-        if self.dev.sim or nmerges != MERGE_BATCH:
-            for _ in range(nmerges):
-                self._launch_merge()
+    def _launch_batch(self) -> None:
+        if self.dev.sim:
+            for _ in range(STEP_BATCH):
+                for _, launch in self.step_launches():
+                    launch()
+                if self.trace is not None:
+                    self._trace_step()
             return
-        # On a device, a full batch is captured once as a CUDA graph and
-        # replayed until a rebuild reallocates a buffer (graph = None): one
-        # launch instead of 6 * MERGE_BATCH from Python (~10 us each).
+        # On a device, a batch of steps is captured once as a CUDA graph and
+        # replayed until a rebuild reallocates a buffer (graph = None): every
+        # size a kernel needs is read from st on the device, so one graph
+        # serves every batch of the run, the last one included (the device
+        # stops at ST_LIMIT).
         stream = self.dev.stream
         if self.graph is None:
             stream.begin_capture()
-            for _ in range(nmerges):
-                self._launch_merge()
-            self.graph = stream.end_capture()
+            try:
+                for _ in range(STEP_BATCH):
+                    for _, launch in self.step_launches():
+                        launch()
+            finally:
+                graph = stream.end_capture()  # a failed capture must not leave the stream capturing
+            self.graph = graph
         self.graph.launch(stream=stream)
 
+    def _trace_step(self) -> None:
+        """cuda-sim only: the sizes one step worked on, read back after it (the
+        device reads st only per batch; the model counts that, not this)."""
+        st = self._status()
+        steps = int(st[K.ST_STEPS])
+        if steps == getattr(self, "_traced_steps", 0):
+            return  # a no-op step (halted)
+        self._traced_steps = steps
+        nacc = int(st[K.ST_NACC])
+        sel = self.dev.to_host(self.sel).reshape(K.SEL_FIELDS, self.kmax)
+        self.trace.append({"event": "step", "nsel": int(st[K.ST_NSEL]), "nacc": nacc, "lists": int(st[K.ST_LISTS]),
+                           "occ": int(st[K.ST_OCC]), "acc_occ": int(sel[K.SEL_NOCC, :nacc].sum()),
+                           "nnew": int(st[K.ST_NNEW]), "sused": int(st[K.ST_SUSED]), "ncand": int(st[K.ST_NCAND]),
+                           "runmax": int(st[K.ST_RUNMAX]), "tokbytes": int(st[K.ST_TOKBYTES]),
+                           "cap": 1 << self.bits})
+
     def run(self, progress) -> tuple[np.ndarray, int]:
-        done = 0
-        while done < self.num_merges:
-            self._launch_batch(min(MERGE_BATCH, self.num_merges - done))
+        if self.has_pairs:
+            self._loop(progress)
+        st = self._status()
+        done = int(st[K.ST_DONE])
+        progress[0] = done
+        merges = self.dev.to_host(self.merges)[: 2 * done].reshape(done, 2).copy()
+        return merges, self._ntokens()
+
+    def _loop(self, progress) -> None:
+        while True:
+            self._launch_batch()
             st = self._status()
-            done = int(st[K.ST_DONE])
-            progress[0] = done
+            self._event("readback")
+            progress[0] = int(st[K.ST_DONE])
             if progress.shape[0] > 1 and progress[1]:
-                break  # an interrupt: stop between batches
+                return  # an interrupt: stop between batches
             halt = int(st[K.ST_HALT])
-            if halt == K.HALT_NO_PAIR:
-                break
+            if halt == K.HALT_LIMIT:
+                return
             if halt == K.HALT_INTERNAL:
                 raise RuntimeError(f"cuda backend: internal invariant broken (code {int(st[K.ST_ERR])}) "
-                                   f"at merge {done}; please report with the corpus")
+                                   f"at merge {int(st[K.ST_DONE])}; please report with the corpus")
             if halt == K.HALT_TOKBUF:
                 self._grow_token_bytes()
                 continue
-            if done >= self.num_merges:
-                break
-            dead = int(st[K.ST_DEAD] + st[K.ST_NOCC])
-            if dead > COMPACT_FRACTION * self.n:
+            if int(st[K.ST_DEAD]) > COMPACT_FRACTION * self.n:
                 self._compact()
             if halt == K.HALT_TABLE or st[K.ST_USED] > REBUILD_LOAD * (1 << self.bits):
                 live = int(self.dev.xp.count_nonzero(self.cnt > 0))
                 self._rebuild_table(live)
-        merges = self.dev.to_host(self.merges)[: 2 * done].reshape(done, 2).copy()
-        return merges, self._ntokens()
+                if not self._refill():
+                    return
+            elif halt in (K.HALT_REFILL, K.HALT_CAND):
+                if not self._refill():
+                    return
+            elif halt != 0:
+                raise RuntimeError(f"cuda backend: unexpected halt code {halt}")
 
     def _ntokens(self) -> int:
         """Tokens the training words now encode to, weighted (the dropped words included)."""
@@ -322,21 +403,6 @@ class _Loop:
         live = self.wrd[:n][sym >= 0]
         total = int(self.counts[live].sum()) if live.size else 0
         return total + int(self._status()[K.ST_DROPPED])
-
-
-def _initial_links(table):
-    """Host arrays: symbols, next/previous links inside each word, word index."""
-    off = np.asarray(table.offsets, np.int64)
-    n = int(table.symbols.shape[0])
-    lengths = np.diff(off)
-    w = table.num_words
-    wrd = np.repeat(np.arange(w, dtype=np.int32), lengths)
-    nxt = np.arange(1, n + 1, dtype=np.int32)
-    prv = np.arange(-1, n - 1, dtype=np.int32)
-    nonempty = lengths > 0
-    nxt[(off[1:] - 1)[nonempty]] = -1
-    prv[off[:-1][nonempty]] = -1
-    return np.ascontiguousarray(table.symbols, np.int32), nxt, prv, wrd
 
 
 def make_backend(*, sim: bool):

@@ -30,10 +30,14 @@ _CTYPES = {
     "unsigned": (False, np.uint32),
 }
 
-# Status slots and halt codes, as in kernels/common.cuh (checked by the tests).
-ST_DONE, ST_HALT, ST_NOCC, ST_OCC_START, ST_POOL_USED, ST_DEAD, ST_USED = 0, 1, 2, 3, 4, 5, 6
-ST_TOKBYTES, ST_A, ST_B, ST_DROPPED, ST_PENDING, ST_ERR, ST_SIZE = 7, 8, 9, 10, 11, 12, 16
-HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, HALT_INTERNAL = 1, 2, 3, 4
+# Status slots, halt codes and candidate-record fields, as in kernels/common.cuh
+# (checked by the tests).
+ST_DONE, ST_HALT, ST_OCC, ST_LISTS, ST_POOL_USED, ST_DEAD, ST_USED, ST_TOKBYTES = 0, 1, 2, 3, 4, 5, 6, 7
+ST_NSEL, ST_NACC, ST_DROPPED, ST_MKBASE, ST_ERR, ST_LIMIT, ST_THRESH, ST_NCAND = 8, 9, 10, 11, 12, 13, 14, 15
+ST_NNEW, ST_SUSED, ST_WANT, ST_TFULL, ST_CFULL, ST_SFULL, ST_STEPS, ST_RUNMAX, ST_SIZE = 16, 17, 18, 19, 20, 21, 22, 23, 32
+HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, HALT_INTERNAL, HALT_REFILL, HALT_CAND, HALT_LIMIT = 1, 2, 3, 4, 5, 6, 7
+SEL_SLOT, SEL_CNT, SEL_KEY, SEL_LSTART, SEL_PRE, SEL_MAXC, SEL_NOCC, SEL_FILL, SEL_TOK, SEL_POOL = range(10)
+SEL_FIELDS, SELECT_LOCAL, SELECT_UNROLL, DECIDE_MAX = 10, 4, 8, 256
 EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
 MAX_BLOCK = 256  # as kernels/common.cuh sizes its shared arrays
 

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .catalogue import (  # noqa: F401 (the status layout is part of the wrappers' API)
-    _CTYPES, EMPTY_KEY, HALT_INTERNAL, HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, ST_A, ST_B, ST_DEAD, ST_DONE,
-    ST_DROPPED, ST_ERR, ST_HALT, ST_NOCC, ST_OCC_START, ST_PENDING, ST_POOL_USED, ST_SIZE, ST_TOKBYTES, ST_USED,
-    MAX_BLOCK, NVRTC_STD, KernelSig, device_source, kernel_dir, signatures,
-)
+from .catalogue import *  # noqa: F401,F403 (the status layout is part of the wrappers' API)
+from .catalogue import _CTYPES, DECIDE_MAX, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
+    signatures
+
 
 class DeviceLauncher:
     """Launches on a CUDA device through CuPy; modules compile once per process."""
@@ -119,46 +118,68 @@ class Kernels:
         once, at most ``most`` (the loop covers the rest)."""
         return max(1, min(most, -(-int(n) // block)))
 
+    # -- links.cu -----------------------------------------------------------
+    def build_links(self, *, block, bytes_, off, nwords, n, sym, nxt, prv, wrd, grid=None):
+        if off.shape[0] != nwords + 1:
+            raise ValueError(f"build_links: off has {off.shape[0]} entries, nwords + 1 = {nwords + 1}")
+        grid = grid or self.grid_over(n, block)
+        self._launch("build_links", grid, block, dict(bytes=bytes_, off=off, nwords=nwords, n=n, sym=sym, nxt=nxt,
+                                                      prv=prv, wrd=wrd))
+
     # -- pair_table.cu ------------------------------------------------------
     def count_pairs(self, *, block, sym, nxt, wrd, counts, n, keys, cnt, bits, used_limit, st, grid=None):
         grid = grid or self.grid_over(n, block)
         self._launch("count_pairs", grid, block, dict(sym=sym, nxt=nxt, wrd=wrd, counts=counts, n=n, keys=keys,
                                                       cnt=cnt, bits=bits, used_limit=used_limit, st=st))
 
-    # -- argmax.cu ----------------------------------------------------------
-    def argmax_partial(self, *, block, keys, cnt, bits, tb, toff, tlen, part, st, max_len=0, grid=None):
-        grid = grid or self.grid_over(1 << int(bits), block, part.shape[0])
-        if grid > part.shape[0]:
-            raise ValueError(f"argmax_partial: grid={grid} blocks but part holds {part.shape[0]} results")
-        self._launch("argmax_partial", grid, block, dict(keys=keys, cnt=cnt, bits=bits, tb=tb, toff=toff,
-                                                         tlen=tlen, max_len=max_len, part=part, st=st))
+    # -- step.cu ------------------------------------------------------------
+    @staticmethod
+    def _check_sel(name, sel, kmax, block=None):
+        if sel.shape[0] != SEL_FIELDS * kmax:
+            raise ValueError(f"{name}: sel holds {sel.shape[0]} values, {SEL_FIELDS} fields x kmax={kmax} wanted")
+        if block is not None and kmax > block * SELECT_LOCAL:
+            raise ValueError(f"{name}: kmax={kmax} > block * {SELECT_LOCAL} = {block * SELECT_LOCAL} sorted entries")
 
-    def argmax_final(self, *, block, keys, cnt, tb, toff, tlen, tb_cap, part, nparts, merges, list_start, list_len,
-                     st):
-        if nparts > part.shape[0]:
-            raise ValueError(f"argmax_final: nparts={nparts} but part holds {part.shape[0]} results")
-        self._launch("argmax_final", 1, block, dict(keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, tb_cap=tb_cap,
-                                                    part=part, nparts=nparts, merges=merges, list_start=list_start,
-                                                    list_len=list_len, st=st))
+    def step_select(self, *, block, keys, cnt, tb, toff, tlen, max_len, cand, list_start, list_len, sel, kmax, st):
+        self._check_sel("step_select", sel, kmax, block)
+        self._launch("step_select", 1, block, dict(keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=max_len,
+                                                   cand=cand, list_start=list_start, list_len=list_len, sel=sel,
+                                                   kmax=kmax, st=st))
 
-    # -- merge.cu -----------------------------------------------------------
-    def mark_occurrences(self, *, grid, block, sym, nxt, prv, mk, pool, list_start, list_len, pool_cap, st):
-        self._launch("mark_occurrences", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, pool=pool,
-                                                           list_start=list_start, list_len=list_len,
-                                                           pool_cap=pool_cap, st=st))
+    def step_find(self, *, grid, block, sym, nxt, prv, wrd, counts, mk, pool, occ, sel, kmax, skeys, scnt, sbits,
+                  sused, st):
+        self._check_sel("step_find", sel, kmax)
+        if sused.shape[0] > skeys.shape[0] or skeys.shape[0] != 1 << int(sbits) or scnt.shape != skeys.shape:
+            raise ValueError("step_find: the scratch table must hold 1 << sbits slots and sused at most as many")
+        self._launch("step_find", grid, block, dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=counts, mk=mk,
+                                                    pool=pool, occ=occ, occ_cap=occ.shape[0], sel=sel, kmax=kmax,
+                                                    skeys=skeys, scnt=scnt, sbits=sbits, sused=sused,
+                                                    slimit=sused.shape[0], st=st))
 
-    def remove_old_pairs(self, *, grid, block, sym, nxt, prv, mk, wrd, counts, pool, keys, cnt, bits, st):
-        self._launch("remove_old_pairs", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, wrd=wrd,
-                                                           counts=counts, pool=pool, keys=keys, cnt=cnt,
-                                                           bits=bits, st=st))
+    def step_decide(self, *, block, tb, toff, tlen, merges, list_start, list_len, sel, kmax, st):
+        self._check_sel("step_decide", sel, kmax)
+        if kmax > DECIDE_MAX:
+            raise ValueError(f"step_decide: kmax={kmax} > {DECIDE_MAX} candidates staged in shared memory")
+        self._launch("step_decide", 1, block, dict(tb=tb, toff=toff, tlen=tlen, tb_cap=tb.shape[0], merges=merges,
+                                                   list_start=list_start, list_len=list_len, sel=sel, kmax=kmax,
+                                                   st=st))
 
-    def apply_merges(self, *, grid, block, sym, nxt, prv, pool, st):
-        self._launch("apply_merges", grid, block, dict(sym=sym, nxt=nxt, prv=prv, pool=pool, st=st))
+    def step_update(self, *, grid, block, sym, nxt, prv, mk, wrd, counts, occ, pool, sel, kmax, keys, cnt, bits,
+                    used_limit, newslots, st):
+        self._check_sel("step_update", sel, kmax)
+        if newslots.shape[0] < keys.shape[0]:
+            raise ValueError("step_update: newslots must hold one entry per pair-table slot")
+        self._launch("step_update", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, wrd=wrd, counts=counts,
+                                                      occ=occ, pool=pool, sel=sel, kmax=kmax, keys=keys, cnt=cnt,
+                                                      bits=bits, used_limit=used_limit, newslots=newslots, st=st))
 
-    def add_new_pairs(self, *, grid, block, sym, nxt, prv, mk, wrd, counts, pool, keys, cnt, bits, used_limit, st):
-        self._launch("add_new_pairs", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, wrd=wrd, counts=counts,
-                                                        pool=pool, keys=keys, cnt=cnt, bits=bits,
-                                                        used_limit=used_limit, st=st))
+    def step_apply(self, *, grid, block, sym, nxt, prv, mk, occ, sel, kmax, cnt, newslots, cand, skeys, scnt, sused,
+                   st):
+        self._check_sel("step_apply", sel, kmax)
+        self._launch("step_apply", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, occ=occ, sel=sel, kmax=kmax,
+                                                     cnt=cnt, newslots=newslots, cand=cand, cand_cap=cand.shape[0],
+                                                     skeys=skeys, scnt=scnt, sused=sused, slimit=sused.shape[0],
+                                                     st=st))
 
     # -- compact.cu ---------------------------------------------------------
     def compact_mark(self, *, block, sym, nxt, prv, wrd, counts, n, keep, st, grid=None):

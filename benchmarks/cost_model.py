@@ -1,0 +1,198 @@
+"""A cost model of the CUDA merge loop: what a device would take, while none is lent.
+
+It is a model, not a measurement. It runs the device loop's own schedule --
+the real driver (gpubpe/backends/cuda) and kernels (kernels/*.cu) in cuda-sim,
+on the real WordTable -- and records, per step, the sizes every launch worked
+on (candidates scanned, list entries, occurrences, new pairs, scratch slots,
+the longest run walked) and every host event (read-backs, refills, table
+recounts, compactions). It then charges each launch with fixed, stated
+parameters:
+
+    launch time = node gap + max(dependent chain, bytes / copy bandwidth + hot atomics)
+
+* node gap: one CUDA graph node, GAP_S (the loop replays graphs of
+  config.CUDA_STEP_BATCH steps, five nodes per step);
+* dependent chain: the round trips on one thread's critical path, each
+  RT_HBM_S (a random read of the big per-position arrays) or RT_L2_S (small
+  hot arrays: st, sel, the candidate set, the scratch table), plus BARRIER_S
+  per __syncthreads stage of the one-block kernels; a grid-stride loop over m
+  items on T = 2 x SMs x 256 threads costs ceil(m / T) iterations;
+* bytes: what the launch reads and writes, random accesses charged a 32-byte
+  sector each (the per-item figures are in BYTES below);
+* hot atomics: atomics on one address serialize: HOT_ATOMIC_S each;
+* host: a read-back of st per batch (READBACK_S plus a graph launch), library
+  calls from Python (LIBCALL_S each), bulk host-to-device copies at H2D_BPS.
+
+GAP_S, RT_HBM_S, RT_L2_S and the copy bandwidths are those the issue fixes;
+BARRIER_S, HOT_ATOMIC_S, READBACK_S, LIBCALL_S and H2D_BPS are assumptions [A]
+of this model, stated here and in benchmarks/RESULTS.md. None is fitted to a
+result. The model must be checked against a device when one is lent
+(scripts/gpu_check.sh prints both side by side).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+SECTOR = 32  # bytes a random access moves
+SELECT_UNROLL = 8  # as kernels/common.cuh
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str
+    copy_bps: float  # device copy bandwidth, bytes read + written per second
+    sms: int
+    GAP_S: float = 1.5e-6
+    RT_HBM_S: float = 0.6e-6
+    RT_L2_S: float = 0.2e-6
+    BARRIER_S: float = 0.05e-6      # [A] one __syncthreads stage with shared-memory work
+    HOT_ATOMIC_S: float = 1e-9      # [A] one atomic on an address many threads hit
+    READBACK_S: float = 10e-6       # [A] a small device-to-host copy and its synchronization
+    GRAPH_LAUNCH_S: float = 5e-6    # [A] cudaGraphLaunch from Python
+    LIBCALL_S: float = 7.7e-6       # a CuPy call from Python (measured on the host side, gpu-merge-loop-model.md)
+    H2D_BPS: float = 25e9           # [A] host-to-device copies
+    BLOCK: int = 256
+
+    @property
+    def threads(self) -> int:
+        return 2 * self.sms * self.BLOCK
+
+
+H200 = Device("H200", 4.3e12, 132)
+A100 = Device("A100", 2.0e12, 108)
+
+# Bytes per item (a random 4-byte read is a 32-byte sector).
+BYTES = {
+    "step_select": "72 per candidate-set entry (slot, count and key sectors)",
+    "step_find": "36 per list entry (pool, sym sector) + 420 per occurrence found (links, neighbours, "
+                 "mark, scratch adds)",
+    "step_decide": "a few hundred (the candidate records, token bytes)",
+    "step_update": "36 per occurrence found + 600 per accepted occurrence (links, neighbours, 5 table updates)",
+    "step_apply": "36 per occurrence found + 320 per accepted occurrence + 40 per new slot + 40 per scratch slot",
+}
+
+
+@dataclass
+class Term:
+    launches: int = 0
+    seconds: float = 0.0
+    gap_s: float = 0.0
+    latency_bound: int = 0
+    bandwidth_bound: int = 0
+    bytes: float = 0.0
+    chain_rt: float = 0.0  # dependent round trips on the critical path, summed over launches
+
+
+@dataclass
+class Projection:
+    device: Device
+    terms: dict = field(default_factory=dict)
+    steps: int = 0
+    merges: int = 0
+    readbacks: int = 0
+
+    @property
+    def total(self) -> float:
+        return sum(t.seconds for t in self.terms.values())
+
+    def charge(self, name: str, chain_s: float, nbytes: float, hot: float = 0.0, gap: bool = True,
+               rts: float = 0.0) -> None:
+        d = self.device
+        t = self.terms.setdefault(name, Term())
+        bw_s = nbytes / d.copy_bps + hot * d.HOT_ATOMIC_S
+        g = d.GAP_S if gap else 0.0
+        t.launches += 1
+        t.gap_s += g
+        t.seconds += g + max(chain_s, bw_s)
+        t.bytes += nbytes
+        t.chain_rt += rts
+        if chain_s >= bw_s:
+            t.latency_bound += 1
+        else:
+            t.bandwidth_bound += 1
+
+    def host(self, name: str, seconds: float, nbytes: float = 0.0) -> None:
+        t = self.terms.setdefault(name, Term())
+        t.launches += 1
+        t.seconds += seconds
+        t.bytes += nbytes
+
+
+def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok: int) -> Projection:
+    """Charge the recorded schedule with ``device``'s parameters."""
+    d = device
+    p = Projection(d)
+    T = d.threads
+    hbm, l2, bar = d.RT_HBM_S, d.RT_L2_S, d.BARRIER_S
+    it = lambda m: math.ceil(m / T)  # noqa: E731
+    sort_stages = (lambda n: n * (n + 1) // 2)(int(math.log2(d.BLOCK * 4)))
+    red_stages = int(math.log2(d.BLOCK))
+    # setup: the upload (bytes + offsets + counts), build_links, buffers cleared
+    p.host("setup: upload", symbols / d.H2D_BPS + 16 * words / d.H2D_BPS, symbols + 16 * words)
+    p.charge("setup: build_links", math.ceil(math.log2(max(words, 2))) * l2 + hbm, 17 * symbols + 4 * symbols)
+    last_ncand = None
+    last_tokbytes = 256
+    for e in trace:
+        kind = e["event"]
+        if kind == "step":
+            p.steps += 1
+            p.merges += e["nacc"]
+            ncand, nsel, lists, occ, acc = e["ncand"], e["nsel"], e["lists"], e["occ"], e["acc_occ"]
+            appended = max(0, ncand - last_ncand) if last_ncand is not None else 0
+            last_ncand = ncand
+            # step_select: one block scans the candidate set, sorts blockDim * 4 entries, writes sel
+            rts = 1 + math.ceil(ncand / (d.BLOCK * SELECT_UNROLL)) * 2 + nsel + 1
+            p.charge("step_select", rts * l2 + (2 + sort_stages + red_stages) * bar, 72 * ncand, rts=rts)
+            # step_find: grid-stride over the list entries; runs walked serially
+            rts_h = it(lists) * 2 + it(occ) * 6 + 2 * e["runmax"]
+            rts_l = 1 + it(lists) * 3 + it(occ) * 4
+            p.charge("step_find", rts_h * hbm + rts_l * l2, 36 * lists + 420 * occ, hot=occ, rts=rts_h + rts_l)
+            # step_decide: the block stages sel (sel, then tlen/toff), thread 0 walks
+            # shared memory and writes, the block copies the new bytes one per thread
+            nbytes = e["tokbytes"] - last_tokbytes
+            last_tokbytes = e["tokbytes"]
+            rts = 1 + 2 + 1 + math.ceil(nbytes / d.BLOCK) * 2
+            p.charge("step_decide", rts * l2 + 3 * bar, 256 + 64 * e["nacc"] + 2 * nbytes, rts=rts)
+            # step_update: every found occurrence read, accepted ones update five pairs
+            rts_h = 1 + it(occ) * 2 + it(acc) * 4
+            rts_l = it(acc) * 8
+            p.charge("step_update", rts_h * hbm + rts_l * l2, 36 * occ + 600 * acc, hot=acc + 2 * e["nnew"],
+                     rts=rts_h + rts_l)
+            # step_apply: scratch cleared, symbols rewritten, new pairs to the candidate set
+            rts_h = it(occ) + it(acc) * 3
+            rts_l = 1 + it(e["sused"]) + it(e["nnew"]) * 2
+            p.charge("step_apply", rts_h * hbm + rts_l * l2,
+                     36 * occ + 320 * acc + 40 * e["nnew"] + 40 * e["sused"], hot=appended, rts=rts_h + rts_l)
+        elif kind == "readback":
+            p.readbacks += 1
+            p.host("host: graph launch + read-back per batch", d.GRAPH_LAUNCH_S + d.READBACK_S)
+        elif kind == "refill":
+            cap = e["cap"]
+            # where, max, nonzero, a copy: library calls over the table, two host syncs
+            p.host("refill: candidate set from a table scan",
+                   4 * d.LIBCALL_S + 2 * d.READBACK_S + 3 * 16 * cap / d.copy_bps, 48 * cap)
+            last_ncand = e["cand"]
+        elif kind == "count_pairs":
+            n, cap = e["n"], e["cap"]
+            p.host("rebuild: table recount",
+                   3 * d.LIBCALL_S + 3 * d.READBACK_S + (16 * cap + n * (12 + 3 * SECTOR)) / d.copy_bps,
+                   16 * cap + n * (12 + 3 * SECTOR))
+        elif kind == "compact":
+            n = e["n"]
+            # mark, cumsum, scatter, argsort (radix: ~8 passes of 8-byte keys), searchsorted, copies
+            moved = n * (28 + 16 + 60) + n * 8 * 2 * 8 + 16 * ntok
+            p.host("compact: positions and pool", 12 * d.LIBCALL_S + 4 * d.READBACK_S + moved / d.copy_bps, moved)
+    return p
+
+
+def report(p: Projection) -> list[str]:
+    """Markdown lines: one row per term."""
+    rows = ["| term | launches / events | modelled s | node gaps s | latency-bound | bandwidth-bound | GB moved |",
+            "|:---|---:|---:|---:|---:|---:|---:|"]
+    for name, t in sorted(p.terms.items(), key=lambda kv: -kv[1].seconds):
+        rows.append(f"| {name} | {t.launches:,} | {t.seconds:.4f} | {t.gap_s:.4f} | {t.latency_bound:,} | "
+                    f"{t.bandwidth_bound:,} | {t.bytes / 1e9:.2f} |")
+    rows.append(f"| **total** | | **{p.total:.4f}** | | | | |")
+    return rows
