@@ -232,7 +232,7 @@ def run_model(args, corpus: Path) -> int:
     trace: list = []
     t = time.perf_counter()
     dev = C._Dev(True)
-    m_sim, tok_sim = C._Loop(dev, table, merges, trace=trace).run(np.zeros(1, np.int64))
+    m_sim, _, tok_sim = C._Loop(dev, table, merges, trace=trace).run(np.zeros(1, np.int64))
     t_sim = time.perf_counter() - t
     print(f"cuda-sim run of the device schedule: {len(m_sim)} merges ({t_sim:.0f} s on the host, not a timing)",
           flush=True)

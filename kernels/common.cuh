@@ -48,6 +48,7 @@ typedef unsigned long long u64;
 #define HALT_REFILL 5    // no pair at or above the threshold in cand: the host refills it
 #define HALT_CAND 6      // cand is full: the host refills (compacts) it
 #define HALT_LIMIT 7     // ST_LIMIT merges done
+#define HALT_MIN_COUNT 8 // the best pair's count is below min_count (HF's min_frequency): training stops
 
 // The per-step candidate record: sel is int64[SEL_FIELDS * kmax], field f of
 // candidate k at sel[f * kmax + k] (one array keeps the kernel signatures short).
@@ -126,6 +127,19 @@ __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_li
     else set_halt(st, HALT_TABLE);
 }
 
+// The slot holding `key`, or -1 when the table has none.
+__device__ long long table_find(const u64* keys, int bits, u64 key) {
+    u64 mask = (1ull << bits) - 1ull;
+    u64 s = pair_slot(key, bits);
+    for (u64 probe = 0; probe <= mask; ++probe) {
+        u64 k = keys[s];
+        if (k == key) return (long long)s;
+        if (k == EMPTY_KEY) return -1;
+        s = (s + 1ull) & mask;
+    }
+    return -1;
+}
+
 // Subtract w from the count of `key`, which must be present.
 __device__ void table_sub(const u64* keys, long long* cnt, int bits, u64 key, long long w, long long* st) {
     u64 mask = (1ull << bits) - 1ull;
@@ -166,10 +180,21 @@ __device__ int tok_cmp(const unsigned char* tb, const long long* toff, const int
 // EMPTY_KEY) and ranks below every pair. The multi-merge step rule holds for
 // any strict total order whose first key is the count (gpubpe/backends/steps.py),
 // so a tie mode changes only the tie part below.
+//
+// id_order != 0: the id-order rules (gpubpe/ties.py, ties="hf" / "rustbpe"):
+// the smaller (rank(left), rank(right)) ranks above, rank(t) = rank[t] for a
+// byte and t for a merge; rank holds 256 entries.
+__device__ __forceinline__ long long id_rank(const long long* rank, int t) { return t < 256 ? rank[t] : t; }
+
 __device__ bool pair_ranks_above(long long cx, u64 kx, long long cy, u64 ky, const unsigned char* tb,
-                                 const long long* toff, const int* tlen) {
+                                 const long long* toff, const int* tlen, const long long* rank, int id_order) {
     if (cx != cy) return cx > cy;
     if (kx == ky) return false;
+    if (id_order) {
+        long long lx = id_rank(rank, key_left(kx)), ly = id_rank(rank, key_left(ky));
+        if (lx != ly) return lx < ly;
+        return id_rank(rank, key_right(kx)) < id_rank(rank, key_right(ky));
+    }
     int r = tok_cmp(tb, toff, tlen, key_left(kx), key_left(ky));
     if (r != 0) return r > 0;
     r = tok_cmp(tb, toff, tlen, key_right(kx), key_right(ky));

@@ -72,7 +72,10 @@ __device__ __forceinline__ void sel_put(long long* sel, int kmax, int f, long lo
 
 // step_select
 //   Geometry: exactly one block; blockDim a power of two <= MAX_BLOCK.
-//   In:  cand[st[ST_NCAND]] slots; keys/cnt; tb/toff/tlen (the tie rule);
+//   In:  cand[st[ST_NCAND]] slots; keys/cnt (bits: the table's size);
+//        tb/toff/tlen, or rank[256] when id_order (the tie rule, common.cuh);
+//        forced[2 * nforced]: merges replayed first, one a step, whatever
+//        their counts (a parent model's; found with table_find, or absent);
 //        max_len (0: no cap; else a pair whose token would be longer is never
 //        selected); list_start/list_len; st (DONE, LIMIT, THRESH, WANT, the
 //        deferred flags)
@@ -91,9 +94,11 @@ __device__ __forceinline__ void sel_put(long long* sel, int kmax, int f, long lo
 //   ranking down to there.
 //   Example: thresh 5, cand counts {9, 7, 3, 7}, the 7s tied to (b,c) > (a,b)
 //            -> sel = 9, 7 (b,c), 7 (a,b); the 3 is stale (below the threshold).
-extern "C" __global__ void step_select(const u64* __restrict__ keys, const long long* __restrict__ cnt,
+extern "C" __global__ void step_select(const u64* __restrict__ keys, const long long* __restrict__ cnt, int bits,
                                        const unsigned char* __restrict__ tb, const long long* __restrict__ toff,
-                                       const int* __restrict__ tlen, int max_len, const long long* __restrict__ cand,
+                                       const int* __restrict__ tlen, const long long* __restrict__ rank, int id_order,
+                                       const int* __restrict__ forced, long long nforced,
+                                       int max_len, const long long* __restrict__ cand,
                                        const long long* __restrict__ list_start,
                                        const long long* __restrict__ list_len, long long* sel, int kmax,
                                        long long* st) {
@@ -114,6 +119,34 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
     }
     __syncthreads();
     if (!s_go) return;
+    if (st[ST_DONE] < nforced) {
+        // a parent model's merge, replayed: a step of exactly it, whatever
+        // its count (absent from this table: it only makes its token)
+        if (tid == 0) {
+            long long m = st[ST_DONE];
+            int a = forced[2 * m], b = forced[2 * m + 1];
+            u64 key = pair_key(a, b);
+            long long slot = table_find(keys, bits, key);
+            sel_put(sel, kmax, SEL_SLOT, 0, slot);
+            sel_put(sel, kmax, SEL_CNT, 0, slot >= 0 ? cnt[slot] : 0);
+            sel_put(sel, kmax, SEL_KEY, 0, (long long)key);
+            sel_put(sel, kmax, SEL_LSTART, 0, list_start[a]);
+            sel_put(sel, kmax, SEL_PRE, 0, 0);
+            sel_put(sel, kmax, SEL_MAXC, 0, 0);
+            sel_put(sel, kmax, SEL_NOCC, 0, 0);
+            sel_put(sel, kmax, SEL_FILL, 0, 0);
+            st[ST_MKBASE] += st[ST_NSEL];
+            st[ST_NSEL] = 1;
+            st[ST_NACC] = 0;
+            st[ST_LISTS] = list_len[a];
+            st[ST_OCC] = 0;
+            st[ST_NNEW] = 0;
+            st[ST_SUSED] = 0;
+            st[ST_SFULL] = 0;
+            st[ST_RUNMAX] = 0;
+        }
+        return;
+    }
     long long thresh = st[ST_THRESH];
     long long ncand = st[ST_NCAND];
     // each thread: its SELECT_LOCAL best eligible entries, sorted, and the best one it dropped
@@ -145,20 +178,20 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
             u64 k = rk[u];
             if (s < 0 || c < thresh || c <= 0) continue;  // stale: below the threshold now
             if (max_len > 0 && tlen[key_left(k)] + tlen[key_right(k)] > max_len) continue;
-            if (!pair_ranks_above(c, k, lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], tb, toff, tlen)) {
-                if (pair_ranks_above(c, k, dc, dk, tb, toff, tlen)) {
+            if (!pair_ranks_above(c, k, lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], tb, toff, tlen, rank, id_order)) {
+                if (pair_ranks_above(c, k, dc, dk, tb, toff, tlen, rank, id_order)) {
                     dc = c;
                     dk = k;
                 }
                 continue;
             }
             if (lc[SELECT_LOCAL - 1] >= 0 && pair_ranks_above(lc[SELECT_LOCAL - 1], lk[SELECT_LOCAL - 1], dc, dk,
-                                                              tb, toff, tlen)) {
+                                                              tb, toff, tlen, rank, id_order)) {
                 dc = lc[SELECT_LOCAL - 1];
                 dk = lk[SELECT_LOCAL - 1];
             }
             int i = SELECT_LOCAL - 1;
-            while (i > 0 && pair_ranks_above(c, k, lc[i - 1], lk[i - 1], tb, toff, tlen)) {
+            while (i > 0 && pair_ranks_above(c, k, lc[i - 1], lk[i - 1], tb, toff, tlen, rank, id_order)) {
                 lc[i] = lc[i - 1];
                 lk[i] = lk[i - 1];
                 ls[i] = ls[i - 1];
@@ -183,8 +216,8 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
                 unsigned lo = 2 * stride * (p / stride) + (p % stride);
                 unsigned hi = lo + stride;
                 bool best_first = (lo & size) == 0;
-                bool swap = best_first ? pair_ranks_above(s_cnt[hi], s_key[hi], s_cnt[lo], s_key[lo], tb, toff, tlen)
-                                       : pair_ranks_above(s_cnt[lo], s_key[lo], s_cnt[hi], s_key[hi], tb, toff, tlen);
+                bool swap = best_first ? pair_ranks_above(s_cnt[hi], s_key[hi], s_cnt[lo], s_key[lo], tb, toff, tlen, rank, id_order)
+                                       : pair_ranks_above(s_cnt[lo], s_key[lo], s_cnt[hi], s_key[hi], tb, toff, tlen, rank, id_order);
                 if (swap) {
                     long long c = s_cnt[lo]; s_cnt[lo] = s_cnt[hi]; s_cnt[hi] = c;
                     u64 k = s_key[lo]; s_key[lo] = s_key[hi]; s_key[hi] = k;
@@ -214,7 +247,7 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
     __syncthreads();
     for (unsigned half = blockDim.x / 2; half > 0; half /= 2) {
         if (tid < half && pair_ranks_above(s_cnt[tid + half], s_key[tid + half], s_cnt[tid], s_key[tid], tb, toff,
-                                           tlen)) {
+                                           tlen, rank, id_order)) {
             s_cnt[tid] = s_cnt[tid + half];
             s_key[tid] = s_key[tid + half];
         }
@@ -228,7 +261,7 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
         for (; k < n; ++k) {
             long long c = sel_get(sel, kmax, SEL_CNT, k);
             u64 key = (u64)sel_get(sel, kmax, SEL_KEY, k);
-            if (!pair_ranks_above(c, key, bc, bk, tb, toff, tlen)) break;
+            if (!pair_ranks_above(c, key, bc, bk, tb, toff, tlen, rank, id_order)) break;
             int a = key_left(key);
             sel_put(sel, kmax, SEL_LSTART, k, list_start[a]);
             sel_put(sel, kmax, SEL_PRE, k, pre);
@@ -397,20 +430,25 @@ extern "C" __global__ void step_find(const int* __restrict__ sym, const int* __r
 
 // step_decide
 //   Geometry: exactly one block; blockDim a power of two <= MAX_BLOCK.
-//   In:  sel (after step_find), tb/toff/tlen, tb_cap, st
+//   In:  sel (after step_find), tb/toff/tlen, tb_cap, st; min_count (0, or
+//        HF's min_frequency), nforced (the replayed merges: never cut by it)
 //   Out: st[ST_NACC] = the accepted candidates 0 .. NACC-1 (the rule of
 //        gpubpe/backends/steps.py: the first always; then each while its count
 //        is > the largest sel[MAXC] of those before it and it shares no token
 //        with them; never past ST_LIMIT merges or the token buffer); for each:
-//        merges[2m], merges[2m+1] = the pair (m = DONE + its index), token
+//        merges[2m], merges[2m+1] = the pair (m = DONE + its index), mcount[m]
+//        its count, token
 //        t = 256 + m with bytes(left) + bytes(right) in tb/toff/tlen,
 //        sel[TOK] = t, list_start[t] / list_len[t] = where its occurrences go
 //        in the pool and how many; st DONE, POOL_USED, DEAD, TOKBYTES, STEPS,
 //        WANT (the next step selects 2 * NACC + 2 candidates).
-//   Halts: HALT_TOKBUF when not even the first merge's bytes fit (nothing changes).
+//   Halts: HALT_TOKBUF when not even the first merge's bytes fit (nothing changes);
+//        HALT_MIN_COUNT when the first candidate's count is below min_count (a
+//        later one below it ends the step: counts only fall, so it ends the run).
 //   Example: sel (e,r) 90 maxc 40, (t,h) 80 maxc 50, (e,s) 70 -> 2 accepted:
 //            (e,s) shares e with (e,r).
 extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* tlen, long long tb_cap, int* merges,
+                                       long long* mcount, long long min_count, long long nforced,
                                        long long* list_start, long long* list_len, long long* sel, int kmax,
                                        long long* st) {
     // the candidates' records staged in shared memory by the whole block (one
@@ -445,8 +483,13 @@ extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* 
         long long pool = st[ST_POOL_USED];
         bool one = st[ST_SFULL] != 0;
         long long bound = 0, removed = 0, n = 0, bytes = 0;
+        bool low = false;  // the next merge's count is below min_count
         for (long long k = 0; k < nsel && done + n < limit; ++k) {
             int a = key_left(s_key[k]), b = key_right(s_key[k]);
+            if (done + n >= nforced && s_cnt[k] < min_count) {
+                low = n == 0;  // a later candidate only ends the step: the rule already stopped it
+                break;
+            }
             if (n > 0) {
                 if (one || s_cnt[k] <= bound) break;
                 bool shared = false;
@@ -467,6 +510,7 @@ extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* 
             o += len;
             merges[2 * (done + n)] = a;
             merges[2 * (done + n) + 1] = b;
+            mcount[done + n] = s_cnt[k];
             sel_put(sel, kmax, SEL_TOK, k, t);
             sel_put(sel, kmax, SEL_POOL, k, pool);
             list_start[t] = pool;
@@ -479,7 +523,7 @@ extern "C" __global__ void step_decide(unsigned char* tb, long long* toff, int* 
         s_boff[n] = bytes;
         s_nacc = n;
         if (n == 0) {
-            st[ST_HALT] = HALT_TOKBUF;
+            st[ST_HALT] = low ? HALT_MIN_COUNT : HALT_TOKBUF;
         } else {
             st[ST_NACC] = n;
             st[ST_DONE] = done + n;

@@ -168,7 +168,7 @@ def test_multi_merge_steps_match_oracle(cuda_mod, words):
     table = WordTable.from_counts(words)
     trace = []
     dev = cuda_mod._Dev(True)
-    merges, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
+    merges, _, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
     assert as_bytes(table, merges) == reference_merges_from_counts(words, 20)
     assert ntokens == cpu_run(table, 20)[1]
     steps = [e for e in trace if e["event"] == "step"]
@@ -182,7 +182,7 @@ def test_steps_on_corpus_en_match_the_pure_rule(cuda_mod):
 
     table = table_of(FIXTURES / "corpus.en")
     trace = []
-    merges, _ = cuda_mod._Loop(cuda_mod._Dev(True), table, 150, trace=trace).run(np.zeros(1, np.int64))
+    merges, _, _ = cuda_mod._Loop(cuda_mod._Dev(True), table, 150, trace=trace).run(np.zeros(1, np.int64))
     sizes = [e["nacc"] for e in trace if e["event"] == "step"]
     counts = Counter(reference_pretokens((FIXTURES / "corpus.en").read_bytes(), ["<|endoftext|>"]))
     ref, ref_sizes = S.train_in_steps(counts, 150)

@@ -16,6 +16,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from ._helpers import max_examples
+import gpubpe
 from gpubpe.backends.cuda import kernels as K
 
 EMPTY = int(K.EMPTY_KEY)
@@ -233,16 +234,29 @@ def put_tokens(env, toks, cap_extra=64):
 KMAX = 16
 
 
-def py_rank(toks):
-    """The CS336 order on (count, key) with token bytes, as kernels/common.cuh ranks."""
-    return lambda ck: (ck[0], toks[ck[1] >> 32], toks[ck[1] & 0xFFFFFFFF], ck[1])
+def py_rank(toks, ties="cs336"):
+    """The order on (count, key) of tie rule ``ties``, as kernels/common.cuh ranks:
+    CS336 with token bytes, else the smaller (rank(left), rank(right)) ranks above."""
+    if ties == "cs336":
+        return lambda ck: (ck[0], toks[ck[1] >> 32], toks[ck[1] & 0xFFFFFFFF], ck[1])
+    rank = gpubpe.ties.byte_rank(ties)
+
+    def r(t):
+        return int(rank[t]) if t < 256 else t
+
+    return lambda ck: (ck[0], -r(ck[1] >> 32), -r(ck[1] & 0xFFFFFFFF))
+
+
+def no_ties_options(env):
+    """step_select's tie-rule and replay arguments for the CS336 rule, nothing replayed."""
+    return dict(rank=env.put(np.zeros(256, np.int64)), id_order=0, forced=env.put(np.zeros(2, np.int32)), nforced=0)
 
 
 @settings(max_examples=max_examples(40), deadline=None)
 @given(seed=st.integers(0, 2**32), npairs=st.integers(0, 80), bits=st.integers(7, 9),
        block=st.sampled_from([1, 4, 32, 256]), max_len=st.sampled_from([0, 0, 2, 3, 4]),
-       want=st.sampled_from([1, 3, 16]))
-def test_step_select(env, seed, npairs, bits, block, max_len, want):
+       want=st.sampled_from([1, 3, 16]), ties=st.sampled_from(["cs336", "hf", "rustbpe"]))
+def test_step_select(env, seed, npairs, bits, block, max_len, want, ties):
     """The selected prefix is the true ranking of the eligible pairs at or above
     the threshold, as long as the kernel can prove, and at least one entry."""
     rng = random.Random(seed)
@@ -267,13 +281,15 @@ def test_step_select(env, seed, npairs, bits, block, max_len, want):
     sel = env.put(np.zeros(K.SEL_FIELDS * kmax, np.int64))
     s = env.put(status(THRESH=thresh, NCAND=len(cand), WANT=want, LIMIT=100, DONE=7, NSEL=5, MKBASE=10,
                        SUSED=9, OCC=4))
-    env.k.step_select(block=block, keys=env.put(keys), cnt=env.put(cnt), tb=tb, toff=toff, tlen=tlen,
-                      max_len=max_len, cand=env.put(np.array(cand + [0], np.int64)), list_start=env.put(lstart),
+    rank = gpubpe.ties.byte_rank(ties)
+    env.k.step_select(block=block, keys=env.put(keys), cnt=env.put(cnt), bits=bits, tb=tb, toff=toff, tlen=tlen,
+                      rank=env.put(rank if len(rank) else np.zeros(256, np.int64)), id_order=int(len(rank) > 0),
+                      forced=env.put(np.zeros(2, np.int32)), nforced=0, max_len=max_len, cand=env.put(np.array(cand + [0], np.int64)), list_start=env.put(lstart),
                       list_len=env.put(llen), sel=sel, kmax=kmax, st=s)
     stt = env.get(s)
     elig = sorted([(int(cnt[s_]), int(keys[s_])) for s_ in slots if cnt[s_] >= thresh and cnt[s_] > 0
                    and (max_len == 0 or len(toks[keys[s_] >> 32]) + len(toks[keys[s_] & 0xFFFFFFFF]) <= max_len)],
-                  key=py_rank(toks), reverse=True)
+                  key=py_rank(toks, ties), reverse=True)
     if not elig:
         assert stt[K.ST_HALT] == K.HALT_REFILL
         return
@@ -298,7 +314,8 @@ def test_step_select_halts_on_flags(env):
     for fields, code in [(dict(TFULL=1), K.HALT_TABLE), (dict(CFULL=1), K.HALT_CAND),
                          (dict(DONE=5, LIMIT=5), K.HALT_LIMIT)]:
         s = env.put(status(**{"LIMIT": 9, **fields}))
-        env.k.step_select(block=32, keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=0,
+        env.k.step_select(block=32, keys=keys, cnt=cnt, bits=4, tb=tb, toff=toff, tlen=tlen, max_len=0,
+                          **no_ties_options(env),
                           cand=env.put(np.zeros(1, np.int64)), list_start=z, list_len=z, sel=sel, kmax=4, st=s)
         assert env.get(s)[K.ST_HALT] == code
 
@@ -368,7 +385,8 @@ def test_one_step(env, words, seed, geo, tok_room):
     sused = env.put(np.full(128, -5, np.int64))
     newslots = env.put(np.full(1 << bits, -5, np.int64))
     k = env.k
-    k.step_select(block=blk, keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=0, cand=cand,
+    k.step_select(block=blk, keys=keys, cnt=cnt, bits=bits, tb=tb, toff=toff, tlen=tlen, max_len=0, cand=cand,
+                  **no_ties_options(env),
                   list_start=d["list_start"], list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
     if not before or max(before.values()) < thresh:
         assert env.get(s)[K.ST_HALT] == K.HALT_REFILL
@@ -376,7 +394,9 @@ def test_one_step(env, words, seed, geo, tok_room):
     k.step_find(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], wrd=d["wrd"], counts=d["counts"],
                 mk=d["mk"], pool=d["pool"], occ=d["occ"], sel=sel, kmax=kmax, skeys=skeys, scnt=scnt, sbits=8,
                 sused=sused, st=s)
-    k.step_decide(block=blk, tb=tb, toff=toff, tlen=tlen, merges=merges, list_start=d["list_start"],
+    mcount = env.put(np.full(done + KMAX + 1, -9, np.int64))
+    k.step_decide(block=blk, tb=tb, toff=toff, tlen=tlen, merges=merges, mcount=mcount, min_count=0, nforced=0,
+                  list_start=d["list_start"],
                   list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
     stt = env.get(s)
     if tok_room < 2:  # no room for even one token's bytes
@@ -403,6 +423,7 @@ def test_one_step(env, words, seed, geo, tok_room):
         expect = expect[:1]
     got = env.get(merges)[2 * done: 2 * (done + nacc)].reshape(-1, 2).tolist()
     assert got == [list(p) for p, _ in expect]
+    assert env.get(mcount)[done: done + nacc].tolist() == [c for _, c in expect]
     assert stt[K.ST_DONE] == done + nacc
     k.step_update(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], wrd=d["wrd"],
                   counts=d["counts"], occ=d["occ"], pool=d["pool"], sel=sel, kmax=kmax, keys=keys, cnt=cnt, bits=bits,

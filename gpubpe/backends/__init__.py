@@ -57,16 +57,7 @@ def _cpu(engine: str = "auto"):
 def _cuda(sim: bool):
     from . import cuda  # NumPy only at import; CuPy or the simulator load in make_backend
 
-    inner = cuda.make_backend(sim=sim)
-
-    def run(table, num_merges, progress, options=MergeOptions()):
-        if options.rank.shape[0] or options.forced.shape[0] or options.min_count:
-            raise BackendUnavailable("the CUDA backend does not take ties=, init= or min_frequency= yet: "
-                                     "use backend='cpu'")
-        merges, ntokens = inner(table, num_merges, progress, max_token_length=options.max_len or None)
-        return merges, None, ntokens
-
-    return run
+    return cuda.make_backend(sim=sim)
 
 
 def cuda_available() -> bool:

@@ -111,7 +111,8 @@ class _Dev:
 
 
 class _Loop:
-    def __init__(self, dev: _Dev, table, num_merges: int, max_len: int = 0, trace=None):
+    def __init__(self, dev: _Dev, table, num_merges: int, max_len: int = 0, trace=None, *, rank=None, forced=None,
+                 min_count: int = 0):
         n = int(table.symbols.shape[0])
         if n > 2**31 - 2 or table.num_words > 2**31 - 2:
             raise ValueError(
@@ -122,6 +123,15 @@ class _Loop:
         self.k = dev.k
         self.num_merges = num_merges
         self.max_len = int(max_len)  # 0: no cap on merged token length
+        # the tie rule (gpubpe.ties.byte_rank: empty for cs336), the merges
+        # replayed first (a parent model's) and HF's min_frequency
+        rank = np.zeros(0, np.int64) if rank is None else np.asarray(rank, np.int64)
+        self.id_order = int(rank.shape[0] != 0)
+        self.rank = dev.to_device(rank if self.id_order else np.zeros(256, np.int64))
+        forced = np.zeros((0, 2), np.int32) if forced is None else np.asarray(forced, np.int32).reshape(-1, 2)
+        self.nforced = int(forced.shape[0])
+        self.forced = dev.to_device(np.ascontiguousarray(forced.reshape(-1)) if self.nforced else np.zeros(2, np.int32))
+        self.min_count = int(min_count)
         self.trace = trace  # a list: one dict per step and per host event (the cost model), or None
         self.graph = None
         self.kmax = min(STEP_CANDIDATES, dev.block * K.SELECT_LOCAL)
@@ -156,6 +166,7 @@ class _Loop:
         tb[:256] = np.arange(256, dtype=np.uint8)
         self.tb = dev.to_device(tb)
         self.merges = dev.full(2 * max(num_merges, 1), -1, np.int32)
+        self.mcount = dev.full(max(num_merges, 1), 0, np.int64)
         self.sel = dev.full(K.SEL_FIELDS * self.kmax, 0, np.int64)
         scap = 1 << SCRATCH_BITS
         self.sbits = SCRATCH_BITS
@@ -296,7 +307,8 @@ class _Loop:
         blk, g, km = dev.block, dev.merge_grid, self.kmax
         return [
             ("step_select", lambda: k.step_select(
-                block=blk, keys=self.keys, cnt=self.cnt, tb=self.tb, toff=self.toff, tlen=self.tlen,
+                block=blk, keys=self.keys, cnt=self.cnt, bits=self.bits, tb=self.tb, toff=self.toff, tlen=self.tlen,
+                rank=self.rank, id_order=self.id_order, forced=self.forced, nforced=self.nforced,
                 max_len=self.max_len, cand=self.cand, list_start=self.list_start, list_len=self.list_len,
                 sel=self.sel, kmax=km, st=self.st)),
             ("step_find", lambda: k.step_find(
@@ -304,8 +316,8 @@ class _Loop:
                 mk=self.mk, pool=self.pool, occ=self.occ, sel=self.sel, kmax=km, skeys=self.skeys, scnt=self.scnt,
                 sbits=self.sbits, sused=self.sused, st=self.st)),
             ("step_decide", lambda: k.step_decide(
-                block=blk, tb=self.tb, toff=self.toff, tlen=self.tlen, merges=self.merges,
-                list_start=self.list_start, list_len=self.list_len, sel=self.sel, kmax=km, st=self.st)),
+                block=blk, tb=self.tb, toff=self.toff, tlen=self.tlen, merges=self.merges, mcount=self.mcount,
+                min_count=self.min_count, nforced=self.nforced, list_start=self.list_start, list_len=self.list_len, sel=self.sel, kmax=km, st=self.st)),
             ("step_update", lambda: k.step_update(
                 grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, wrd=self.wrd,
                 counts=self.counts, occ=self.occ, pool=self.pool, sel=self.sel, kmax=km, keys=self.keys,
@@ -357,14 +369,14 @@ class _Loop:
                            "runmax": int(st[K.ST_RUNMAX]), "tokbytes": int(st[K.ST_TOKBYTES]),
                            "cap": 1 << self.bits})
 
-    def run(self, progress) -> tuple[np.ndarray, int]:
-        if self.has_pairs:
+    def run(self, progress) -> tuple[np.ndarray, np.ndarray, int]:
+        if self.has_pairs or self.nforced:
             self._loop(progress)
         st = self._status()
         done = int(st[K.ST_DONE])
         progress[0] = done
         merges = self.dev.to_host(self.merges)[: 2 * done].reshape(done, 2).copy()
-        return merges, self._ntokens()
+        return merges, self.dev.to_host(self.mcount)[:done].copy(), self._ntokens()
 
     def _loop(self, progress) -> None:
         while True:
@@ -375,7 +387,7 @@ class _Loop:
             if progress.shape[0] > 1 and progress[1]:
                 return  # an interrupt: stop between batches
             halt = int(st[K.ST_HALT])
-            if halt == K.HALT_LIMIT:
+            if halt in (K.HALT_LIMIT, K.HALT_MIN_COUNT):
                 return
             if halt == K.HALT_INTERNAL:
                 raise RuntimeError(f"cuda backend: internal invariant broken (code {int(st[K.ST_ERR])}) "
@@ -407,7 +419,8 @@ class _Loop:
 
 def make_backend(*, sim: bool):
     """The merge loop of backend 'cuda' (``sim=False``) or 'cuda-sim' (``sim=True``):
-    ``run(table, num_merges, progress) -> (merges int32[n, 2], ntokens)``."""
+    ``run(table, num_merges, progress, options) -> (merges int32[n, 2], counts int64[n], ntokens)``
+    (:mod:`gpubpe.backends`)."""
     if sim:
         from . import sim as _sim
 
@@ -417,12 +430,17 @@ def make_backend(*, sim: bool):
             raise BackendUnavailable(str(e)) from e
     # backend='cuda' comes here only after backends.cuda_available() imported CuPy
 
-    def run(table, num_merges, progress, *, max_token_length=None):
+    def run(table, num_merges, progress, options=None):
+        from .. import MergeOptions
+
+        o = options or MergeOptions()
         num_merges = int(num_merges)
         if num_merges <= 0:
-            return np.zeros((0, 2), np.int32), int((np.diff(table.offsets) * table.counts).sum())
+            return (np.zeros((0, 2), np.int32), np.zeros(0, np.int64),
+                    int((np.diff(table.offsets) * table.counts).sum()))
         dev = _Dev(sim)
         with dev.on_stream():
-            return _Loop(dev, table, num_merges, max_token_length or 0).run(progress)
+            return _Loop(dev, table, num_merges, o.max_len, rank=o.rank, forced=o.forced,
+                         min_count=o.min_count).run(progress)
 
     return run

@@ -140,11 +140,19 @@ class Kernels:
         if block is not None and kmax > block * SELECT_LOCAL:
             raise ValueError(f"{name}: kmax={kmax} > block * {SELECT_LOCAL} = {block * SELECT_LOCAL} sorted entries")
 
-    def step_select(self, *, block, keys, cnt, tb, toff, tlen, max_len, cand, list_start, list_len, sel, kmax, st):
+    def step_select(self, *, block, keys, cnt, bits, tb, toff, tlen, rank, id_order, forced, nforced, max_len, cand,
+                    list_start, list_len, sel, kmax, st):
         self._check_sel("step_select", sel, kmax, block)
-        self._launch("step_select", 1, block, dict(keys=keys, cnt=cnt, tb=tb, toff=toff, tlen=tlen, max_len=max_len,
-                                                   cand=cand, list_start=list_start, list_len=list_len, sel=sel,
-                                                   kmax=kmax, st=st))
+        if id_order and rank.shape[0] != 256:
+            raise ValueError("step_select: an id-order tie rule needs rank[256]")
+        if keys.shape[0] != 1 << int(bits):
+            raise ValueError("step_select: the pair table must hold 1 << bits slots")
+        if forced.shape[0] < 2 * int(nforced):
+            raise ValueError("step_select: forced must hold 2 * nforced ids")
+        self._launch("step_select", 1, block, dict(keys=keys, cnt=cnt, bits=bits, tb=tb, toff=toff, tlen=tlen,
+                                                   rank=rank, id_order=id_order, forced=forced, nforced=nforced,
+                                                   max_len=max_len, cand=cand, list_start=list_start,
+                                                   list_len=list_len, sel=sel, kmax=kmax, st=st))
 
     def step_find(self, *, grid, block, sym, nxt, prv, wrd, counts, mk, pool, occ, sel, kmax, skeys, scnt, sbits,
                   sused, st):
@@ -156,11 +164,15 @@ class Kernels:
                                                     skeys=skeys, scnt=scnt, sbits=sbits, sused=sused,
                                                     slimit=sused.shape[0], st=st))
 
-    def step_decide(self, *, block, tb, toff, tlen, merges, list_start, list_len, sel, kmax, st):
+    def step_decide(self, *, block, tb, toff, tlen, merges, mcount, min_count, nforced, list_start, list_len, sel,
+                    kmax, st):
         self._check_sel("step_decide", sel, kmax)
         if kmax > DECIDE_MAX:
             raise ValueError(f"step_decide: kmax={kmax} > {DECIDE_MAX} candidates staged in shared memory")
+        if 2 * mcount.shape[0] != merges.shape[0]:
+            raise ValueError("step_decide: mcount must hold one count per merge (merges holds two ids each)")
         self._launch("step_decide", 1, block, dict(tb=tb, toff=toff, tlen=tlen, tb_cap=tb.shape[0], merges=merges,
+                                                   mcount=mcount, min_count=min_count, nforced=nforced,
                                                    list_start=list_start, list_len=list_len, sel=sel, kmax=kmax,
                                                    st=st))
 
