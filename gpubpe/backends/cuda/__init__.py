@@ -12,18 +12,21 @@ Device state (positions are int32; a WordTable over 2^31 - 1 symbols is refused)
   live position in the word (-1 at the ends), word index; ``counts`` per word.
 * the pair table  ``keys`` u64 / ``cnt`` int64, open addressing (pair_table.cu).
 * the position pool  ``pool`` int32 with ``list_start`` / ``list_len`` per token:
-  where each token was created (merge.cu), so a merge scans only list(a).
-* token bytes  ``tb``, ``toff``, ``tlen`` for the tie rule (argmax.cu).
-* ``st`` int64[16]  the run status (kernels/common.cuh).
+  where each token was created (step_decide), so a merge scans only list(a).
+* token bytes  ``tb``, ``toff``, ``tlen`` for the CS336 tie rule; ``rank``
+  for the id-order rules (gpubpe.ties); ``forced``, the merges replayed first.
+* the candidate set ``cand``: the pair-table slots at or above ``st[THRESH]``.
+* ``st`` int64[32]  the run status (kernels/common.cuh).
 
-Per merge, six launches: argmax_partial, argmax_final (commits the merge on the
-device), mark_occurrences, remove_old_pairs, apply_merges, add_new_pairs. The
-host never reads anything per merge: it launches a batch of merges (captured
-once as a CUDA graph on a device) and reads ``st`` back after the batch. The
-kernels are no-ops once ``st[HALT]`` is set, so a batch may overrun the end
-(no pair left) or a full table or token buffer; the host then rebuilds or
-grows that buffer and goes on. Between batches it also rebuilds the pair table
-(dropping dead pairs) and compacts the positions when enough died.
+One exact multi-merge step (DESIGN §1.4, gpubpe/backends/steps.py) is five
+launches (kernels/step.cu): step_select, step_find, step_decide (commits the
+step's merges on the device), step_update, step_apply. The host never reads
+anything per step: it launches a batch of steps (captured once as a CUDA graph
+on a device) and reads ``st`` back after the batch. The kernels are no-ops
+once ``st[HALT]`` is set, so a batch may overrun the end (no pair left, the
+merge limit, min_count) or a full table, candidate set or token buffer; the
+host then rebuilds, refills or grows that buffer and goes on. Between batches
+it also compacts the positions when enough died.
 """
 
 from __future__ import annotations
