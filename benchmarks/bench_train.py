@@ -375,12 +375,18 @@ def _merge_at(merges, i):
     return tuple(bytes.fromhex(x) for x in merges[i]) if i < len(merges) else "(none)"
 
 
-def check_engines(corpus: str, vocab: int, threads: int, engines: list[str], timeout) -> dict:
-    """Train with each engine of gpubpe; compare their merges. Returns the verdict as data."""
+def check_engines(corpus: str, vocab: int, threads: int, engines: list[str], timeout,
+                  merges_dir: str | None = None) -> dict:
+    """Train with each engine (reusing a timed run's merges from ``merges_dir``
+    where there is one); compare their merges. Returns the verdict as data."""
     merges = {}
     errors = {}
     with tempfile.TemporaryDirectory(prefix="gpubpe-check-") as tmp:
         for e in engines:
+            done = Path(merges_dir) / f"{e}-{vocab}.json" if merges_dir else None
+            if done is not None and done.exists():
+                merges[e] = [tuple(p) for p in json.loads(done.read_text())]
+                continue
             out = str(Path(tmp) / f"{e}.json")
             rec = run_once(e, corpus, vocab, threads, timeout=timeout, merges_out=out)
             if "error" in rec:
@@ -460,8 +466,9 @@ def parse_args(argv=None):
 
 
 def measure(tools: list[str], corpus: str, vocabs: list[int], *, repeats: int, warmup: int, threads: int,
-            timeout=None, log=print) -> list[dict]:
-    """The interleaved schedule: warm-up rounds, then ``repeats`` rounds per vocab size."""
+            timeout=None, log=print, merges_dir: str | None = None) -> list[dict]:
+    """The interleaved schedule: warm-up rounds, then ``repeats`` rounds per vocab size.
+    ``merges_dir``: each timed run writes its merges to ``<tool>-<vocab>.json`` there."""
     runs = []
     for _ in range(warmup):
         for t in tools:
@@ -471,7 +478,8 @@ def measure(tools: list[str], corpus: str, vocabs: list[int], *, repeats: int, w
     for v in vocabs:
         for i in range(repeats):
             for t in tools:
-                rec = run_once(t, corpus, v, threads, timeout=timeout)
+                out = str(Path(merges_dir) / f"{t}-{v}.json") if merges_dir else None
+                rec = run_once(t, corpus, v, threads, timeout=timeout, merges_out=out)
                 rec["repeat"] = i
                 runs.append(rec)
                 log(f"  run {i + 1}/{repeats} {t:10s} vocab {v:>7,}: "
@@ -504,8 +512,9 @@ def main(argv=None) -> int:
         return 1
     baseline = args.baseline or next((t for t in ("cuda", "cpu", "cpu-numba") if t in tools), None)
 
+    merges_dir = tempfile.mkdtemp(prefix="gpubpe-merges-")  # the timed runs' merges, for the parity check
     runs = measure(tools, path, args.vocab_list, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                   timeout=args.timeout, log=log) if tools else []
+                   timeout=args.timeout, log=log, merges_dir=merges_dir if args.check else None) if tools else []
 
     body, summaries = [], {}
     for v in args.vocab_list if tools else []:
@@ -523,7 +532,7 @@ def main(argv=None) -> int:
             verdict = check_engines(path, v, args.threads, engines, args.timeout)
             verdict["skipped"] = eskipped
             checks.append(verdict)
-            if verdict["errors"] or verdict["identical"] is False or len(verdict["engines"]) < 2:
+            if verdict["errors"] or verdict["identical"] is False or len(verdict["engines"]) < min(2, len(engines)):
                 check_failed = True
         lines = []
         for c in checks:
@@ -549,7 +558,7 @@ def main(argv=None) -> int:
                 continue
             for v in args.vocab_list:
                 log(f"check: vocab {v:,}: {mode} against {anchor}")
-                c = check_engines(path, v, args.threads, [anchor, mode], args.timeout)
+                c = check_engines(path, v, args.threads, [anchor, mode], args.timeout, merges_dir=merges_dir)
                 checks.append({**c, "parity": [mode, anchor]})
                 if c["identical"]:
                     plines.append(f"- vocab {v:,}: {TOOLS[mode].label} = {TOOLS[anchor].label}, "
