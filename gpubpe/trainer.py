@@ -221,6 +221,7 @@ class _Rules:
     ties: str
     min_frequency: int
     parent: BPEModel | None
+    auto: bool = False  # the backend was chosen by 'auto'
 
 
 def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
@@ -237,8 +238,9 @@ def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
                          f"(ties={init.ties!r}), or the merges would not be one run")
     max_token_length = _validate.max_token_length(max_token_length)
     min_frequency = _validate.min_frequency(min_frequency)
-    name, run = backends.select(_validate.backend(backend))
-    return _Rules(name, run, max_token_length, ties, min_frequency, init)
+    asked = _validate.backend(backend)
+    name, run = backends.select(asked)
+    return _Rules(name, run, max_token_length, ties, min_frequency, init, auto=asked == "auto")
 
 
 def _parent_settings(parent, special_tokens, pattern, what="asked for"):
@@ -294,6 +296,9 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
     forced = np.zeros((0, 2), np.int32) if parent is None else np.asarray(parent.merge_ids(), np.int32).reshape(-1, 2)
     # a parent's merges are made even where they change no word here
     num_merges = min(requested, len(forced) + table.max_merges())
+    if rules.auto and rules.backend == "cuda" and table.symbols.shape[0] < config.AUTO_CUDA_MIN_SYMBOLS:
+        # too small to pay for the device's start-up: 'auto' means the faster one
+        rules = dataclasses.replace(rules, backend="cpu", run=backends.get("cpu"))
     options = backends.MergeOptions(max_len=rules.max_token_length or 0, rank=_ties.byte_rank(rules.ties),
                                     forced=forced, min_count=rules.min_frequency)
     t1 = time.perf_counter()

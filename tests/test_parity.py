@@ -322,3 +322,18 @@ def test_hf_mode_continues_a_parent_with_a_repeated_token(train_kwargs):
     assert model.merges == want
     # HF's accounting: vocab_size counts distinct tokens, so the repeat costs one merge more
     assert len(set(model.vocab.values())) == 256 + 3 + 4 and len(model.merges) == 3 + 4 + 1
+
+
+def test_auto_keeps_small_tables_on_the_cpu(monkeypatch):
+    """Where a device answers, 'auto' still runs a table too small to pay for
+    the device's start-up on the CPU, and the model records where it ran."""
+    from gpubpe import backends
+
+    ran = []
+    monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    monkeypatch.setattr(backends, "_cuda", lambda sim: lambda *a: ran.append("cuda") or backends._cpu()(*a))
+    model = gpubpe.train(FIXTURES / "corpus.en", vocab_size=300, progress=False)
+    assert ran == [] and model.record["options"]["backend"] == "cpu"
+    monkeypatch.setattr(gpubpe.config, "AUTO_CUDA_MIN_SYMBOLS", 0)
+    model = gpubpe.train(FIXTURES / "corpus.en", vocab_size=300, progress=False)
+    assert ran == ["cuda"] and model.record["options"]["backend"] == "cuda"
