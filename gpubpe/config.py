@@ -64,7 +64,9 @@ ENCODE_STOP_SECONDS = 2.0
 # --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
 # backend='auto' keeps tables below this many symbols on the CPU even where a
 # device answers: NVRTC compilation and context start-up (about a second) cost
-# more than the CPU loop on them (corpus.en, the CS336 speed bar: 0.1 M symbols)
+# more than the CPU loop on them (corpus.en, the CS336 speed bar: 0.1 M
+# symbols). An estimate from the Numba loop's time here and the cost model,
+# not yet checked on a device: scripts/gpu_check.sh is where to correct it.
 AUTO_CUDA_MIN_SYMBOLS = 5_000_000
 # Steps launched per read-back of the status (a step is 1 to
 # CUDA_STEP_CANDIDATES merges; 31,743 merges take about 2,000 steps on a 400 MB
