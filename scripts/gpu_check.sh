@@ -89,7 +89,7 @@ print("small training ok:", len(merges), "merges")
 EOF
 if [ -n "$SAN" ]; then
     for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool" 75 "$OUT/sanitizer.log" \
+        step "compute-sanitizer $tool" 60 "$OUT/sanitizer.log" \
             "$SAN" --tool "$tool" --error-exitcode 9 "$PY" /tmp/gpubpe_small_training.py
     done
     grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|small training ok" "$OUT/sanitizer.log" | sed 's/^/    /' >> "$REPORT"
@@ -99,11 +99,11 @@ fi
 
 # 3. the benchmark -----------------------------------------------------------------
 CORPUS="${GPUBPE_BENCH_CORPUS:-auto:${GPUBPE_BENCH_MB:-64}}"
-step "bench_kernels ($CORPUS)" 210 "$OUT/bench.log" \
+step "bench_kernels ($CORPUS)" 130 "$OUT/bench.log" \
     "$PY" benchmarks/bench_kernels.py --corpus "$CORPUS" --vocab 32000 --out "$OUT"
 
 # 4. the cost model on the same corpus (cuda-sim; no device used) ----------------------
-step "cost model ($CORPUS)" 180 "$OUT/model.log" \
+step "cost model ($CORPUS)" 100 "$OUT/model.log" \
     "$PY" benchmarks/bench_kernels.py --model --corpus "$CORPUS" --vocab 32000 --out "$OUT"
 
 {
