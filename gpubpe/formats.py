@@ -150,6 +150,13 @@ def hf_json(obj) -> dict:
     """
     tok = _as_model(obj)
     vocab = {escape(b): i for i, b in _ordinary_tokens(tok)}
+    last = max(vocab.values(), default=-1)
+    if any(i < last for i, _ in _specials(tok)):
+        # HF gives an added token that the model's vocab lacks the id after the
+        # model's last one, whatever the file says: special tokens between the
+        # merges (a continued model) must be in the model's vocab to keep theirs
+        for i, sp in _specials(tok):
+            vocab.setdefault(escape(sp.encode("utf-8")), i)
     return {
         "version": "1.0",
         "truncation": None,

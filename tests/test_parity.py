@@ -337,3 +337,22 @@ def test_auto_keeps_small_tables_on_the_cpu(monkeypatch):
     monkeypatch.setattr(gpubpe.config, "AUTO_CUDA_MIN_SYMBOLS", 0)
     model = gpubpe.train(FIXTURES / "corpus.en", vocab_size=300, progress=False)
     assert ran == ["cuda"] and model.record["options"]["backend"] == "cuda"
+
+
+def test_a_continued_model_exports_with_its_ids(tmp_path):
+    """Special tokens between the merges keep their ids in every export (HF
+    gives an added token missing from the model's vocab the next free id)."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from gpubpe import formats
+
+    parent = gpubpe.train(FIXTURES / "corpus.en", vocab_size=400, special_tokens=["<|endoftext|>"], progress=False)
+    child = gpubpe.train(FIXTURES / "corpus.en", vocab_size=600, init=parent, progress=False)
+    formats.export(child, tmp_path)
+    text = "the cat sat<|endoftext|>hello there"
+    ours = gpubpe.Tokenizer.from_model(child).encode(text)
+    assert 399 in ours
+    hf = tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert hf.encode(text).ids == ours and hf.token_to_id("<|endoftext|>") == 399
+    assert hf.decode(ours, skip_special_tokens=False) == text
+    if pytest.importorskip("tiktoken"):
+        assert formats.to_tiktoken(child).encode(text, allowed_special="all") == ours
