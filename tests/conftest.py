@@ -7,6 +7,13 @@ import random
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 import pytest
+
+try:
+    import hypothesis  # noqa: F401
+except ImportError:  # a bare device machine: property tests skip, every other test runs
+    from ._no_hypothesis import install
+
+    install()
 from hypothesis import HealthCheck, settings
 
 from gpubpe import config

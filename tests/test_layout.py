@@ -142,3 +142,23 @@ def test_import_gpubpe_stays_light():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_suite_runs_without_hypothesis(tmp_path):
+    """A device machine may lack hypothesis: its property tests skip with the
+    reason, and the other tests of the same modules still run."""
+    import subprocess
+    import sys
+
+    (tmp_path / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'hypothesis':\n"
+        "            raise ImportError('hypothesis blocked')\n"
+        "sys.meta_path.insert(0, Block())\n")
+    env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:hypothesispytest", "-p", "no:cacheprovider",
+                        "-rs", "tests/test_steps.py"], cwd=PKG.parent, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "hypothesis is not installed" in r.stdout and " passed" in r.stdout
