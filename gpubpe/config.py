@@ -18,6 +18,12 @@ PROGRESS_INTERVAL = 0.1
 # it finishes before Numba would have compiled the fast loop.
 SMALL_TABLE_SYMBOLS = 200_000
 
+# Pre-tokens the Numba scanner counts between two checks of its hash tables'
+# room (gpubpe/pretok/machine.py count_pieces): room for this many more words
+# is made before each batch, so the scan loop only stores. A check costs far
+# less than a batch; a larger batch keeps tables of small chunks larger.
+PRETOK_BATCH = 4096
+
 # Inputs below this many bytes are pre-tokenized with the `regex` package
 # instead of the Numba state machine: loading Numba and its cached machine
 # code costs about half a second in a fresh process, while `regex` does about

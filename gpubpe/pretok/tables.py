@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .. import config
 from ..corpus import piece_bounds
 from . import unicode
 
@@ -40,12 +41,13 @@ class CountTable:
     def _arrays(self):
         return [getattr(self, name) for name in self._FIELDS]
 
-    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], stage1, stage2) -> None:
+    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], scan_tables) -> None:
+        """Count the pre-tokens of ``chunk`` (``scan_tables``: :func:`gpubpe.pretok.unicode.scan_tables`)."""
         from .machine import count_pieces
 
         starts, ends = piece_bounds(chunk, specials)
         data = np.frombuffer(chunk, dtype=np.uint8)
-        self._set(count_pieces(data, starts, ends, stage1, stage2, *self._arrays(), self.n))
+        self._set(count_pieces(data, starts, ends, *scan_tables, config.PRETOK_BATCH, *self._arrays(), self.n))
 
     def merge(self, other: CountTable) -> None:
         from .machine import merge_tables
@@ -82,7 +84,7 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
     (a queue of ``workers`` chunks), so at most ``2 * workers + 1`` chunks are
     alive at once.
     """
-    stage1, stage2 = unicode.tables()
+    tabs = unicode.scan_tables()
     # One worker runs in a thread too: compiled code called from the main
     # thread would hold Ctrl-C until it returns (and then fail in Numba's
     # dispatcher); here the main thread only feeds the queue and stays
@@ -96,7 +98,7 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
             if errors:
                 continue  # drain: the main thread stops feeding and sends the sentinels
             try:
-                table.add_chunk(c, specials, stage1, stage2)
+                table.add_chunk(c, specials, tabs)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
