@@ -608,20 +608,27 @@ def merge_tables(short, mid, slots, hashes, offs, arena, counts, n, o_short, o_m
 
 
 @njit(cache=True, nogil=True)
-def flatten(short, mid, offs, arena, counts, n):
-    """The WordTable arrays of all tables: (symbols int32, offsets int64, counts int64).
+def flatten(short, mid, offs, arena, counts, n, gaps):
+    """Every word of the tables: ``(bytes uint8, offsets int64, counts int64, sep)``.
 
     Short words first, in slot order, then mid words in slot order, then the
-    long words in insertion order."""
+    long words in insertion order; word ``k`` is ``bytes[offsets[k] + g * k :
+    offsets[k + 1] + g * k]`` with ``g`` 1 if ``gaps`` else 0. With ``gaps``,
+    one byte follows every word but the last, set to ``sep``: the largest byte
+    value that no word holds, so that ``bytes.split`` cuts the words apart in
+    C (the Python dict of ``count_pretokens`` is built that way); ``sep`` is -1
+    when every byte value occurs (then slice by the offsets). Without gaps
+    the bytes are a WordTable's symbols (``sep`` -1)."""
     nlong = n[0]
     used = n[1]
     nwords = n[2] + n[3] + nlong
+    g = 1 if gaps else 0
     nbytes = used
     for r in range(short.shape[0] // 2):
         nbytes += np.int64(short[2 * r] & np.uint64(0xFF))
     for r in range(mid.shape[0] // 3):
         nbytes += np.int64(mid[3 * r + 1] & np.uint64(0xFF))
-    symbols = np.empty(nbytes, dtype=np.int32)
+    out = np.empty(nbytes + g * max(nwords - 1, 0), dtype=np.uint8)
     offsets = np.empty(nwords + 1, dtype=np.int64)
     out_counts = np.empty(nwords, dtype=np.int64)
     offsets[0] = 0
@@ -632,27 +639,44 @@ def flatten(short, mid, offs, arena, counts, n):
         if key != 0:
             length = np.int64(key & np.uint64(0xFF))
             for t in range(length):
-                symbols[pos + t] = np.int32((key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
-            pos += length
+                out[pos + t] = np.uint8((key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+            pos += length + g
             out_counts[w] = np.int64(short[2 * r + 1])
             w += 1
-            offsets[w] = pos
+            offsets[w] = pos - g * w
     for r in range(mid.shape[0] // 3):
         k1 = mid[3 * r + 1]
         if k1 != 0:
             k0 = mid[3 * r]
             length = np.int64(k1 & np.uint64(0xFF))
             for t in range(8):
-                symbols[pos + t] = np.int32((k0 >> np.uint64(8 * t)) & np.uint64(0xFF))
+                out[pos + t] = np.uint8((k0 >> np.uint64(8 * t)) & np.uint64(0xFF))
             for t in range(length - 8):
-                symbols[pos + 8 + t] = np.int32((k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
-            pos += length
+                out[pos + 8 + t] = np.uint8((k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+            pos += length + g
             out_counts[w] = np.int64(mid[3 * r + 2])
             w += 1
-            offsets[w] = pos
-    for q in range(used):
-        symbols[pos + q] = arena[q]
+            offsets[w] = pos - g * w
     for k in range(nlong):
-        out_counts[w + k] = counts[k]
-        offsets[w + k + 1] = pos + offs[k + 1]
-    return symbols, offsets, out_counts
+        o = offs[k]
+        length = offs[k + 1] - o
+        for t in range(length):
+            out[pos + t] = arena[o + t]
+        pos += length + g
+        out_counts[w] = counts[k]
+        w += 1
+        offsets[w] = pos - g * w
+    sep = -1
+    if gaps and nwords > 1:
+        seen = np.zeros(256, dtype=np.bool_)
+        for k in range(nwords):  # the words only: the gaps hold what np.empty left
+            for q in range(offsets[k] + k, offsets[k + 1] + k):
+                seen[out[q]] = True
+        for b in range(255, -1, -1):
+            if not seen[b]:
+                sep = b
+                break
+        if sep >= 0:
+            for k in range(nwords - 1):
+                out[offsets[k + 1] + k] = np.uint8(sep)
+    return out, offsets, out_counts, sep
