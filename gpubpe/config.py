@@ -24,6 +24,12 @@ SMALL_TABLE_SYMBOLS = 200_000
 # less than a batch; a larger batch keeps tables of small chunks larger.
 PRETOK_BATCH = 4096
 
+# With several worker threads, a chunk is counted as tasks of about this many
+# bytes (cut where the counts cannot change), at most one per worker: a 38 MB
+# corpus of 4 MiB chunks then keeps 16 threads busy, and a task (a few ms of
+# scanning) costs far more than handing it out.
+PRETOK_TASK_BYTES = 1 << 20
+
 # Inputs below this many bytes are pre-tokenized with the `regex` package
 # instead of the Numba state machine: loading Numba and its cached machine
 # code costs about half a second in a fresh process, while `regex` does about

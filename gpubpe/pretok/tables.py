@@ -10,7 +10,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import config
-from ..corpus import piece_bounds
+from ..corpus import cut_after, piece_bounds
 from . import unicode
 
 
@@ -92,14 +92,29 @@ class CountTable:
         return dict(zip(words, counts.tolist()))
 
 
+def _tasks(chunk: bytes, specials: tuple[bytes, ...], parts: int):
+    """``(chunk, lo, hi)`` ranges that cover ``chunk``, about ``len(chunk) /
+    parts`` bytes each, cut where the counts cannot change (:func:`cut_after`)."""
+    lo = 0
+    step = -(-len(chunk) // parts)
+    while lo < len(chunk):
+        hi = cut_after(chunk, specials, lo + step) if lo + step < len(chunk) else -1
+        if hi < 0:
+            hi = len(chunk)
+        yield chunk, lo, hi
+        lo = hi
+
+
 def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: int) -> CountTable:
     """Count every chunk into Numba tables, one per worker thread, then merge them.
 
     Threads, not processes: the counting function is ``nogil``, so threads run
     in parallel without forking, without pickling chunks or tables, and
-    without a second copy of the interpreter's memory. Read-ahead is bounded
-    (a queue of ``workers`` chunks), so at most ``2 * workers + 1`` chunks are
-    alive at once.
+    without a second copy of the interpreter's memory. With several workers a
+    chunk is handed out as tasks of about ``config.PRETOK_TASK_BYTES`` (cut
+    where the counts cannot change), so that 16 threads stay busy on a corpus
+    of a few chunks. Read-ahead is bounded (a queue of ``workers`` tasks), so
+    at most ``2 * workers + 1`` chunks are alive at once.
     """
     tabs = unicode.scan_tables()
     # One worker runs in a thread too: compiled code called from the main
@@ -111,11 +126,12 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
     errors: list[BaseException] = []
 
     def work(table: CountTable) -> None:
-        while (c := todo.get()) is not None:
+        while (task := todo.get()) is not None:
             if errors:
                 continue  # drain: the main thread stops feeding and sends the sentinels
             try:
-                table.add_chunk(c, specials, tabs)
+                c, lo, hi = task
+                table.add_chunk(c if lo == 0 and hi == len(c) else memoryview(c)[lo:hi], specials, tabs)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
@@ -124,9 +140,13 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
         t.start()
     try:
         for c in chunks:
+            parts = min(workers, -(-len(c) // config.PRETOK_TASK_BYTES)) if workers > 1 else 1
+            for task in _tasks(c, specials, parts) if parts > 1 else [(c, 0, len(c))]:
+                if errors:
+                    break
+                todo.put(task)
             if errors:
                 break
-            todo.put(c)
     finally:
         for _ in threads:
             todo.put(None)
@@ -134,8 +154,9 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
             t.join()
     if errors:
         raise errors[0]
-    # merge the smaller tables into the largest one, freeing each when merged
-    tables.sort(key=lambda t: t.nwords, reverse=True)
+    # merge the smaller tables into the largest one, freeing each when merged;
+    # an empty table is skipped (its merge would load compiled code for nothing)
+    tables = sorted((t for t in tables if t.nwords), key=lambda t: t.nwords, reverse=True) or tables[:1]
     total = tables.pop(0)
     while tables:
         total.merge(tables.pop(0))
