@@ -118,15 +118,14 @@ def scan_count(data, i, e, room, cls, bmp, stage1, stage2, mode, out, short, mid
         else:
             b = data[i]
             j = i
-            if b == 39:  # "'": the contractions come first; ASCII lower case only
-                if i + 1 < e:
-                    c = data[i + 1]
-                    if c == 115 or c == 100 or c == 109 or c == 116:  # s d m t
-                        j = i + 2
-                    elif i + 2 < e:
-                        d = data[i + 2]
-                        if (c == 108 and d == 108) or (c == 118 and d == 101) or (c == 114 and d == 101):  # ll ve re
-                            j = i + 3
+            if b == 39 and i + 1 < e:  # "'": the contractions come first; ASCII lower case only
+                c = data[i + 1]
+                if c == 115 or c == 100 or c == 109 or c == 116:  # s d m t
+                    j = i + 2
+                elif i + 2 < e:
+                    d = data[i + 2]
+                    if (c == 108 and d == 108) or (c == 118 and d == 101) or (c == 114 and d == 101):  # ll ve re
+                        j = i + 3
             if j == i:
                 # ' ?' joins one ASCII space to the letter, number or other run that follows
                 s = i
