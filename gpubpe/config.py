@@ -20,6 +20,18 @@ PROGRESS_JSON_INTERVAL = 1.0
 # it finishes before Numba would have compiled the fast loop.
 SMALL_TABLE_SYMBOLS = 200_000
 
+# Pre-tokens the Numba scanner counts between two checks of its hash tables'
+# room (gpubpe/pretok/machine.py count_pieces): room for this many more words
+# is made before each batch, so the scan loop only stores. A check costs far
+# less than a batch; a larger batch keeps tables of small chunks larger.
+PRETOK_BATCH = 4096
+
+# With several worker threads, a chunk is counted as tasks of about this many
+# bytes (cut where the counts cannot change), at most one per worker: a 38 MB
+# corpus of 4 MiB chunks then keeps 16 threads busy, and a task (a few ms of
+# scanning) costs far more than handing it out.
+PRETOK_TASK_BYTES = 1 << 20
+
 # Inputs below this many bytes are pre-tokenized with the `regex` package
 # instead of the Numba state machine: loading Numba and its cached machine
 # code costs about half a second in a fresh process, while `regex` does about

@@ -136,6 +136,25 @@ def safe_cut(data: bytes, specials: tuple[bytes, ...] = (), lo: int = 1, *, patt
             pn = data.rfind(b"\n", lo, p)
 
 
+def cut_after(data: bytes, specials: tuple[bytes, ...], t: int) -> int:
+    """The smallest ``p >= max(t, 1)`` where a whole chunk ``data`` (its end
+    already a safe cut) may be cut for the GPT-2 pattern, or -1: the rule of
+    :func:`safe_cut`, searched forward. Splits a chunk into tasks for worker
+    threads (:func:`gpubpe.pretok.tables.count_numba`)."""
+    not_space = _ascii_not_space()
+    p = max(t, 1)
+    while True:
+        ps = data.find(b" ", p)
+        pn = data.find(b"\n", p)
+        p = min(ps, pn) if ps >= 0 and pn >= 0 else max(ps, pn)
+        if p < 0:
+            return -1
+        prev = data[p - 1]
+        if prev < 0x80 and not_space[prev] and not _spans_special(data, p, specials):
+            return p
+        p += 1
+
+
 def _line_cut(data: bytes, specials: tuple[bytes, ...], lo: int, hi: int) -> int:
     """The largest ``p`` in ``[lo, hi)`` with ``data[p-1] == '\\n'``, ``data[p]`` an
     ASCII letter, outside special tokens; else the special-token cut, or -1."""

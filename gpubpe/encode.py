@@ -116,7 +116,7 @@ class _ChunkEncoder:
             from .pretok import unicode
             from .pretok.machine import token_spans
 
-            self._stage = unicode.tables()
+            self._stage = unicode.scan_tables()
             self._token_spans = token_spans
             specials = special_bytes(tok.special_tokens)
             self._special_re = _special_regex(specials) if specials else None

@@ -211,9 +211,9 @@ def test_counts_fuzzed_chunks(data, chunk_size, specials):
     blocks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
     sp = C.special_bytes(specials)
     table = TB.CountTable()
-    stage1, stage2 = U.tables()
+    tabs = U.scan_tables()
     for c in C.cut_stream(blocks, sp, chunk_size):
-        table.add_chunk(c, sp, stage1, stage2)
+        table.add_chunk(c, sp, tabs)
     assert table.to_dict() == expected
     assert RE.count_chunk(data, sp) == expected
 
@@ -236,11 +236,11 @@ def test_table_merge_and_growth():
     words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(30_000)]
     words += ["x" * k for k in range(1, 40)] * 3 + [" é" * k for k in range(1, 20)]
     data = "".join(words).encode()
-    stage1, stage2 = U.tables()
+    tabs = U.scan_tables()
     a, b = TB.CountTable(words=4), TB.CountTable(words=4)
     half = C.safe_cut(data, lo=len(data) // 2)
-    a.add_chunk(data[:half], (), stage1, stage2)
-    b.add_chunk(data[half:], (), stage1, stage2)
+    a.add_chunk(data[:half], (), tabs)
+    b.add_chunk(data[half:], (), tabs)
     a.merge(b)
     assert a.to_dict() == Counter(reference_pretokens(data))
 

@@ -200,3 +200,26 @@ def test_code_points_that_changed_between_regex_versions():
     if numba(data) != oracle(data):
         bad = [hex(cp) for cp in cps if numba(_render([cp])) != oracle(_render([cp]))]
         pytest.fail(f"differs from regex {regex.__version__} at {bad} (table {_unicode.table_id()})")
+
+
+@settings(max_examples=max_examples(200), deadline=None)
+@given(st.lists(fuzz_bytes, min_size=1, max_size=4).map(b"\n".join), st.integers(1, 64), st.sampled_from([1, 2]),
+       st.sampled_from([1, 3, 4096]), st.sampled_from([1, 5, 1 << 20]))
+def test_fuzz_counting_engine_matches_regex(data, chunk_size, workers, batch, task):
+    # The counting path keys and counts each pre-token as the scanner ends it
+    # (pretok.machine.scan_count, mode 1): its counts must be regex's, for any
+    # chunking, number of worker threads, table batch (a batch of one
+    # pre-token regrows the tables between every two of them) and task size
+    # (with 2 workers a chunk is cut into tasks at most `task` bytes apart).
+    from collections import Counter
+
+    from gpubpe.pretok.tables import count_numba
+
+    sp = (EOT.encode(),)
+    data = data.replace(b"|>", b"|>x") + EOT.encode() + data[: len(data) // 2]
+    blocks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config, "PRETOK_BATCH", batch)
+        mp.setattr(config, "PRETOK_TASK_BYTES", task)
+        got = count_numba(C.cut_stream(blocks, sp, chunk_size), sp, workers).to_dict()
+    assert got == Counter(t for piece in C.split_specials(data, sp) for t in oracle(piece))

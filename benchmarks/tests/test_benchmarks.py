@@ -14,6 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import _common as C  # noqa: E402
+import bench_pretok as BP  # noqa: E402
 import bench_scaling as BS  # noqa: E402
 import bench_train as BT  # noqa: E402
 import download_corpora as DL  # noqa: E402
@@ -183,3 +184,23 @@ def test_bench_train_end_to_end(tmp_path):
     text = results.read_text()
     assert C.results_sections(results) == ["train.corpus"]
     assert C.corpus_info(corpus).sha256 in text and "--vocab-sizes 500" in text
+
+
+def test_bench_pretok_fresh_and_warm(tmp_path):
+    """Every method runs fresh and warm (regex once), all give the same counts
+    (--check), and the table has a row per (method, workers, mode)."""
+    corpus = ROOT / "tests" / "fixtures" / "corpus.en"
+    out, results = tmp_path / "out.json", tmp_path / "RESULTS.md"
+    argv = ["--corpus", str(corpus), "--workers", "2", "--repeats", "1", "--check", "--json", str(out),
+            "--results", str(results)]
+    assert BP.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert set(doc["samples"]) == {"regex:1:fresh"} | {f"{m}:{w}:{mode}" for m in ("count_pretokens", "count_table")
+                                                        for w in (1, 2) for mode in ("fresh", "warm")}
+    for key, (s,) in doc["samples"].items():
+        assert s["call_s"] > 0 and s["process_s"] >= s["call_s"] and s["unique"] > 0, key
+        assert ("first_s" in s) == key.endswith(":warm"), key
+    assert len({s["digest"] for (s,) in doc["samples"].values()}) == 1
+    text = results.read_text()
+    assert C.results_sections(results) == ["pretok-corpus.en"]
+    assert "| count_table w2 | 2 | warm |" in text and "fresh" in text

@@ -64,8 +64,7 @@ def _pretokenize_numba(data: bytes, specials: tuple[bytes, ...]) -> list[bytes]:
     from .machine import token_spans
 
     starts, ends = piece_bounds(data, specials)
-    stage1, stage2 = unicode.tables()
-    s, e = token_spans(np.frombuffer(data, np.uint8), starts, ends, stage1, stage2)
+    s, e = token_spans(np.frombuffer(data, np.uint8), starts, ends, *unicode.scan_tables())
     return [data[a:b] for a, b in zip(s.tolist(), e.tolist())]
 
 

@@ -5,7 +5,7 @@ Everything here is a pure function of a byte buffer and the class tables of
 resynchronisation rule below lets chunks be scanned independently, one per
 thread).
 
-Semantics: :func:`scan` returns exactly the matches that ``regex.findall``
+Semantics: :func:`scan_count` finds exactly the matches that ``regex.findall``
 finds for the GPT-2 pattern
 
     '(?:[sdmt]|ll|ve|re)| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
@@ -38,7 +38,10 @@ merged word by word (counts are additive).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 OTHER, LETTER, NUMBER, SPACE = 0, 1, 2, 3
 
@@ -46,146 +49,254 @@ _SEED = np.uint64(0xCBF29CE484222325)
 
 
 # ---------------------------------------------------------------------------
-# Decoding and the state machine
+# The scanner
 # ---------------------------------------------------------------------------
 #
-# The scanner is one function with the ASCII cases written out: calls between
-# Numba functions that pass arrays cost more than the work per byte here
-# (measured: a function called once per pre-token ran at 60 MB/s, this loop at
-# 240 MB/s on the same text). Only the multi-byte decoder is a function of its
-# own, inlined at the IR level.
+# One function, with the decoding written out where it is needed, because
+# helpers that take arrays cost more than the work per byte here: every call,
+# and every helper inlined by Numba, increments and decrements the arrays'
+# reference counts (atomic operations) per pre-token. Measured on small.txt
+# with 30% multibyte bytes: the same machine with helpers ran at 97-150 MB/s,
+# written out at 290 MB/s. The loop below holds no reference operation.
+#
+# Classes come from three tables (gpubpe.pretok.unicode.scan_tables):
+#   cls    uint8[256]    the class of an ASCII byte; HIGH for every byte >= 0x80
+#   bmp    uint8[65536]  the class of every code point below U+10000 (one
+#                        load for the 2- and 3-byte sequences of most scripts)
+#   stage1, stage2       the two-level table, for 4-byte sequences (U+10000..)
+# A whole run of one ASCII class is consumed by a two-instruction loop; a byte
+# >= 0x80 is decoded only where the run reaches one.
+
+HIGH = 4  # cls[] of a byte >= 0x80: decode the sequence it starts
+RING = 32  # words in flight between the prefetch of their slot and their addition (a power of 2;
+#             measured on small.txt: 32 counts about 15% faster than adding each word at once, 64 no faster)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def decode_class(data, i, end, stage1, stage2):
-    """``(class << 3) | length`` of the character starting at ``data[i] >= 0x80``.
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Ask the CPU for the cache line of ``arr[idx]`` (``llvm.prefetch``: a
+    read, kept in all cache levels); no load waits for it."""
 
-    Invalid UTF-8: the byte at ``i`` alone is one "other" character. Checking
-    only the sequence starting at ``i`` (not Python's maximal-subpart error
-    ranges) gives the same characters, because every later byte of a rejected
-    sequence is a continuation byte or a lead byte that is checked on its own.
-    """
-    b0 = np.int64(data[i])
-    n = end - i
-    cp = np.int64(-1)
-    length = np.int64(1)
-    if 0xC2 <= b0 <= 0xDF:
-        if n >= 2:
-            b1 = np.int64(data[i + 1])
-            if 0x80 <= b1 <= 0xBF:
-                cp = ((b0 & 0x1F) << 6) | (b1 & 0x3F)
-                length = 2
-    elif 0xE0 <= b0 <= 0xEF:
-        if n >= 3:
-            b1 = np.int64(data[i + 1])
-            b2 = np.int64(data[i + 2])
-            lo = 0xA0 if b0 == 0xE0 else 0x80  # no overlongs
-            hi = 0x9F if b0 == 0xED else 0xBF  # no surrogates
-            if lo <= b1 <= hi and 0x80 <= b2 <= 0xBF:
-                cp = ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F)
-                length = 3
-    elif 0xF0 <= b0 <= 0xF4:
-        if n >= 4:
-            b1 = np.int64(data[i + 1])
-            b2 = np.int64(data[i + 2])
-            b3 = np.int64(data[i + 3])
-            lo = 0x90 if b0 == 0xF0 else 0x80  # no overlongs
-            hi = 0x8F if b0 == 0xF4 else 0xBF  # nothing above U+10FFFF
-            if lo <= b1 <= hi and 0x80 <= b2 <= 0xBF and 0x80 <= b3 <= 0xBF:
-                cp = ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F)
-                length = 4
-    if cp < 0:
-        return np.int64(OTHER << 3) | 1
-    return (np.int64(stage2[np.int64(stage1[cp >> 8]) * 256 + (cp & 0xFF)]) << 3) | length
+    def codegen(context, builder, sig, args):
+        aryty = sig.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]], wraparound=False)
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+                                            "llvm.prefetch.p0")
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return types.void(arr, idx), codegen
 
 
 @njit(cache=True, nogil=True)
-def scan(data, i, end, stage1, stage2, out):
-    """Pre-tokenize ``data[i:end]`` (one piece, or its rest) from ``i``.
+def scan_count(data, i, e, room, cls, bmp, stage1, stage2, mode, out, short, mid, n, longs, ring):
+    """Pre-tokenize ``data[i:e]`` (one piece, or its rest) from ``i``, at most
+    ``room`` pre-tokens; returns ``(where it stopped, pre-tokens found, long
+    pre-tokens written to longs)``. Call again from there to go on.
 
-    Writes the end offset of each pre-token to ``out`` until the piece ends or
-    ``out`` is full, and returns ``(number written, where it stopped)``; call
-    again from there to go on. A pure function of the bytes, so worker threads
-    run it on their chunks independently.
+    ``mode`` 0: write each pre-token's end offset to ``out``. ``mode`` 1:
+    count each pre-token as it ends: words of up to 15 bytes go into
+    ``short``/``mid`` (room for ``room`` more words reserved by the caller),
+    longer ones are written to ``longs`` as (start, end) pairs for the caller
+    to add. A pure function of the bytes, so worker threads run it on their
+    chunks independently.
     """
+    dlen = data.shape[0]
     m = 0
-    cap = out.shape[0]
-    while i < end and m < cap:
-        b = np.int64(data[i])
-        if b < 0x80:
-            k = np.int64(stage2[b])
-            n = np.int64(1)
+    nl = 0
+    head = 0  # pre-tokens put into the ring, and taken out of it
+    tail = 0
+    smask = short.shape[0] // 2 - 1
+    mmask = mid.shape[0] // 3 - 1
+    while True:
+        if i >= e or m == room:
+            if tail == head:
+                break
         else:
-            kn = decode_class(data, i, end, stage1, stage2)
-            k = kn >> 3
-            n = kn & 7
-        done = False
-        if b == 39 and i + 1 < end:  # "'": alternative 1 comes first
-            c = data[i + 1]
-            if c == 115 or c == 100 or c == 109 or c == 116:  # s d m t
-                i += 2
-                done = True
-            elif i + 2 < end:
-                d = data[i + 2]
-                if (c == 108 and d == 108) or (c == 118 and d == 101) or (c == 114 and d == 101):  # ll ve re
-                    i += 3
-                    done = True
-        if not done:
-            if k == SPACE and b == 32 and i + 1 < end:
-                # ' ?' joins one ASCII space to a following letter, number or other run
-                b1 = np.int64(data[i + 1])
-                if b1 < 0x80:
-                    k1 = np.int64(stage2[b1])
-                    n1 = np.int64(1)
-                else:
-                    kn = decode_class(data, i + 1, end, stage1, stage2)
-                    k1 = kn >> 3
-                    n1 = kn & 7
-                if k1 != SPACE:
-                    k = k1
-                    n = n1 + 1
-            if k != SPACE:  # a run of one class
-                j = i + n
-                while j < end:
-                    c = np.int64(data[j])
-                    if c < 0x80:
-                        if np.int64(stage2[c]) != k:
-                            break
+            b = data[i]
+            j = i
+            if b == 39 and i + 1 < e:  # "'": the contractions come first; ASCII lower case only
+                c = data[i + 1]
+                if c == 115 or c == 100 or c == 109 or c == 116:  # s d m t
+                    j = i + 2
+                elif i + 2 < e:
+                    d = data[i + 2]
+                    if (c == 108 and d == 108) or (c == 118 and d == 101) or (c == 114 and d == 101):  # ll ve re
+                        j = i + 3
+            if j == i:
+                # ' ?' joins one ASCII space to the letter, number or other run that follows
+                s = i
+                if b == 32 and i + 1 < e and cls[data[i + 1]] != SPACE:
+                    s = i + 1  # tentatively: a multibyte space undoes it below
+                # the first character: its class k, its end j
+                b0 = np.int64(data[s])
+                k = np.int64(cls[b0])
+                j = s + 1
+                if k == HIGH:
+                    k = OTHER  # invalid UTF-8: the byte alone, class other
+                    if b0 < 0xE0:
+                        if b0 >= 0xC2 and s + 1 < e:
+                            b1 = np.int64(data[s + 1])
+                            if (b1 & 0xC0) == 0x80:
+                                k = np.int64(bmp[((b0 & 0x1F) << 6) | (b1 & 0x3F)])
+                                j = s + 2
+                    elif b0 < 0xF0:
+                        if s + 2 < e:
+                            b1 = np.int64(data[s + 1])
+                            b2 = np.int64(data[s + 2])
+                            cp = ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F)
+                            # no overlongs (cp >= 0x800), no surrogates
+                            if (b1 & 0xC0) == 0x80 and (b2 & 0xC0) == 0x80 and cp >= 0x800 and (cp < 0xD800 or cp > 0xDFFF):
+                                k = np.int64(bmp[cp])
+                                j = s + 3
+                    elif b0 <= 0xF4 and s + 3 < e:
+                        b1 = np.int64(data[s + 1])
+                        b2 = np.int64(data[s + 2])
+                        b3 = np.int64(data[s + 3])
+                        cp = ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F)
+                        # no overlongs, nothing above U+10FFFF
+                        if ((b1 & 0xC0) == 0x80 and (b2 & 0xC0) == 0x80 and (b3 & 0xC0) == 0x80
+                                and cp >= 0x10000 and cp <= 0x10FFFF):
+                            k = np.int64(stage2[np.int64(stage1[cp >> 8]) * 256 + (cp & 0xFF)])
+                            j = s + 4
+                    if k == SPACE and s > i:  # ' ' before a multibyte space: a whitespace run from i
+                        j = i + 1
+                # the rest of the run of class k
+                lastmb = i  # start of the last multibyte character taken
+                while True:
+                    while j < e and cls[data[j]] == k:
                         j += 1
-                    else:
-                        kn = decode_class(data, j, end, stage1, stage2)
-                        if (kn >> 3) != k:
-                            break
-                        j += kn & 7
-                i = j
-            else:
-                # A whitespace run: \s+(?!\S) backs off one character before a
-                # non-space when the run is longer than one; \s+ takes a lone one.
-                last = i
-                j = i + n
-                stop = end
-                while j < end:
-                    c = np.int64(data[j])
-                    if c < 0x80:
-                        kk = np.int64(stage2[c])
-                        nn = np.int64(1)
-                    else:
-                        kn = decode_class(data, j, end, stage1, stage2)
-                        kk = kn >> 3
-                        nn = kn & 7
-                    if kk != SPACE:
-                        stop = last if last > i else j
+                    if j >= e:
                         break
-                    last = j
+                    b0 = np.int64(data[j])
+                    if b0 < 0x80:
+                        break
+                    kk = OTHER
+                    nn = 1
+                    if b0 < 0xE0:
+                        if b0 >= 0xC2 and j + 1 < e:
+                            b1 = np.int64(data[j + 1])
+                            if (b1 & 0xC0) == 0x80:
+                                kk = np.int64(bmp[((b0 & 0x1F) << 6) | (b1 & 0x3F)])
+                                nn = 2
+                    elif b0 < 0xF0:
+                        if j + 2 < e:
+                            b1 = np.int64(data[j + 1])
+                            b2 = np.int64(data[j + 2])
+                            cp = ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F)
+                            if (b1 & 0xC0) == 0x80 and (b2 & 0xC0) == 0x80 and cp >= 0x800 and (cp < 0xD800 or cp > 0xDFFF):
+                                kk = np.int64(bmp[cp])
+                                nn = 3
+                    elif b0 <= 0xF4 and j + 3 < e:
+                        b1 = np.int64(data[j + 1])
+                        b2 = np.int64(data[j + 2])
+                        b3 = np.int64(data[j + 3])
+                        cp = ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F)
+                        if ((b1 & 0xC0) == 0x80 and (b2 & 0xC0) == 0x80 and (b3 & 0xC0) == 0x80
+                                and cp >= 0x10000 and cp <= 0x10FFFF):
+                            kk = np.int64(stage2[np.int64(stage1[cp >> 8]) * 256 + (cp & 0xFF)])
+                            nn = 4
+                    if kk != k:
+                        break
+                    lastmb = j
                     j += nn
-                i = stop
-        out[m] = i
-        m += 1
-    return m, i
+                if k == SPACE and j < e:
+                    # \s+(?!\S) before a non-space: a run longer than one character
+                    # gives up its last one (which an ASCII byte ends, or lastmb starts)
+                    last = j - 1 if data[j - 1] < 0x80 else lastmb
+                    if last > i:
+                        j = last
+            m += 1
+            if mode == 0:
+                out[m - 1] = j
+                i = j
+                continue
+            # count data[i:j] now, its bytes still in L1: the key is the bytes
+            # themselves, read 8 at a time (LLVM makes one load of the 8 byte loads)
+            length = j - i
+            if length > MID_MAX:
+                longs[2 * nl] = i
+                longs[2 * nl + 1] = j
+                nl += 1
+                i = j
+                continue
+            k0 = np.uint64(0)
+            if i + 8 <= dlen:
+                for t in range(8):
+                    k0 |= np.uint64(data[i + t]) << np.uint64(8 * t)
+                if length < 8:
+                    k0 &= (np.uint64(1) << np.uint64(8 * length)) - np.uint64(1)
+            else:
+                for t in range(min(length, 8)):
+                    k0 |= np.uint64(data[i + t]) << np.uint64(8 * t)
+            if length <= SHORT_MAX:
+                k0 = (k0 << np.uint64(8)) | np.uint64(length)
+                k1 = np.uint64(0)
+                q = np.int64(((k0 * _GOLDEN) >> np.uint64(32)) & np.uint64(smask))
+                prefetch(short, 2 * q)
+            else:
+                r = length - 8
+                k1 = np.uint64(0)
+                if i + 16 <= dlen:
+                    for t in range(8):
+                        k1 |= np.uint64(data[i + 8 + t]) << np.uint64(8 * t)
+                    k1 &= (np.uint64(1) << np.uint64(8 * r)) - np.uint64(1)
+                else:
+                    for t in range(r):
+                        k1 |= np.uint64(data[i + 8 + t]) << np.uint64(8 * t)
+                k1 = (k1 << np.uint64(8)) | np.uint64(length)
+                q = np.int64((((k0 ^ (k1 * _MIX)) * _GOLDEN) >> np.uint64(32)) & np.uint64(mmask))
+                prefetch(mid, 3 * q)
+            i = j
+            # The slot's cache line is fetched while the next pre-tokens are
+            # scanned: the word is added RING pre-tokens later (a table of 400,000
+            # words does not fit in L2, and most of its lines are cold).
+            r = head & (RING - 1)
+            ring[3 * r] = k0
+            ring[3 * r + 1] = k1
+            ring[3 * r + 2] = np.uint64(q)
+            head += 1
+            if head - tail < RING:
+                continue
+        # add the oldest word of the ring
+        r = tail & (RING - 1)
+        k0 = ring[3 * r]
+        k1 = ring[3 * r + 1]
+        q = np.int64(ring[3 * r + 2])
+        tail += 1
+        if k1 == 0:
+            while True:
+                v = short[2 * q]
+                if v == k0:
+                    short[2 * q + 1] += np.uint64(1)
+                    break
+                if v == 0:
+                    short[2 * q] = k0
+                    short[2 * q + 1] = np.uint64(1)
+                    n[2] += 1
+                    break
+                q = (q + 1) & smask
+        else:
+            while True:
+                v = mid[3 * q + 1]
+                if v == k1 and mid[3 * q] == k0:
+                    mid[3 * q + 2] += np.uint64(1)
+                    break
+                if v == 0:
+                    mid[3 * q] = k0
+                    mid[3 * q + 1] = k1
+                    mid[3 * q + 2] = np.uint64(1)
+                    n[3] += 1
+                    break
+                q = (q + 1) & mmask
+    return i, m, nl
 
 
 @njit(cache=True, nogil=True)
-def token_spans(data, starts, ends, stage1, stage2):
+def token_spans(data, starts, ends, cls, bmp, stage1, stage2):
     """(starts, ends), int64, of every pre-token of the pieces ``data[starts[p]:ends[p]]``.
 
     The pre-tokens of a piece tile it.
@@ -194,12 +305,13 @@ def token_spans(data, starts, ends, stage1, stage2):
     for p in range(starts.shape[0]):
         total += ends[p] - starts[p]
     out = np.empty(total, dtype=np.int64)  # at most one pre-token per byte
+    none8 = np.zeros(2, dtype=np.uint64)
+    none4 = np.zeros(4, dtype=np.int64)
     m = 0
     for p in range(starts.shape[0]):
-        i = starts[p]
-        while i < ends[p]:
-            k, i = scan(data, i, ends[p], stage1, stage2, out[m:])
-            m += k
+        _, k, _ = scan_count(data, starts[p], ends[p], ends[p] - starts[p], cls, bmp, stage1, stage2, 0, out[m:],
+                             none8, none8, none4, none4, none8)
+        m += k
     out_e = out[:m].copy()
     out_s = np.empty(m, dtype=np.int64)
     q = 0
@@ -240,66 +352,36 @@ def token_spans(data, starts, ends, stage1, stage2):
 # Every table is at most half full (linear probing stays short).
 #
 # Growth happens between batches of pre-tokens, never inside the hot loop:
-# before a batch of m pre-tokens spanning b bytes, _reserve makes room for m
-# more words and b more arena bytes. The loop then only stores; a call per
+# before the scanner counts a batch of at most m pre-tokens, _reserve makes
+# room for m more short and mid words; the long pre-tokens of the batch are
+# added after it, with room made for their bytes. The loop then only stores; a call per
 # insertion that passed and returned the arrays measured 300 ns per long word.
 # (A jitclass would hold the arrays more neatly but cannot be cached to disk;
 # the Python side keeps them in gpubpe.pretok.tables.CountTable.)
 
 SHORT_MAX = 7
 MID_MAX = 15
-_BATCH = 4096  # pre-tokens scanned per call of scan() while counting
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's first multiplier
-
-
-@njit(cache=True, nogil=True)
-def _load(data, s, e):
-    """The bytes ``data[s:e]`` (at most 8) as a little-endian uint64.
-
-    Where the buffer allows, it reads 8 bytes and masks: a fixed number of
-    loads, no branch on the length (which mispredicts, token after token)."""
-    length = e - s
-    if s + 8 <= data.shape[0]:
-        w = (
-            np.uint64(data[s])
-            | (np.uint64(data[s + 1]) << np.uint64(8))
-            | (np.uint64(data[s + 2]) << np.uint64(16))
-            | (np.uint64(data[s + 3]) << np.uint64(24))
-            | (np.uint64(data[s + 4]) << np.uint64(32))
-            | (np.uint64(data[s + 5]) << np.uint64(40))
-            | (np.uint64(data[s + 6]) << np.uint64(48))
-            | (np.uint64(data[s + 7]) << np.uint64(56))
-        )
-        if length >= 8:
-            return w
-        return w & ((np.uint64(1) << np.uint64(8 * length)) - np.uint64(1))
-    w = np.uint64(0)
-    for q in range(s, e):
-        w |= np.uint64(data[q]) << np.uint64(8 * (q - s))
-    return w
 
 
 @njit(cache=True, nogil=True)
 def _hash(data, s, e):
     """A 64-bit hash of ``data[s:e]``, eight bytes per step (multiply and
     xor-shift, finished with a full avalanche: the low bits pick the slot and
-    the high bits are the tag)."""
+    the high bits are the tag). The loads are written out: a helper call per
+    step would cost two reference-count operations."""
     h = _SEED ^ np.uint64(e - s)
     q = s
     while q < e:
-        w = _load(data, q, min(q + 8, e))
+        w = np.uint64(0)
+        for t in range(min(8, e - q)):
+            w |= np.uint64(data[q + t]) << np.uint64(8 * t)
         h = (h ^ w) * _GOLDEN
         h ^= h >> np.uint64(29)
         q += 8
     h *= _MIX
     return h ^ (h >> np.uint64(32))
-
-
-@njit(cache=True, nogil=True)
-def _pack(data, s, e):
-    """The short word ``data[s:e]`` (1 to 7 bytes) as its table key."""
-    return (_load(data, s, e) << np.uint64(8)) | np.uint64(e - s)
 
 
 @njit(cache=True, nogil=True)
@@ -476,28 +558,35 @@ def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
 
 
 @njit(cache=True, nogil=True)
-def count_pieces(data, starts, ends, stage1, stage2, short, mid, slots, hashes, offs, arena, counts, n):
+def count_pieces(data, starts, ends, cls, bmp, stage1, stage2, batch,
+                 short, mid, slots, hashes, offs, arena, counts, n):
     """Pre-tokenize the pieces ``data[starts[p]:ends[p]]`` and add every
-    pre-token to the tables. Returns the tables' (possibly reallocated) arrays."""
-    out = np.empty(_BATCH, dtype=np.int64)
+    pre-token to the tables, ``batch`` pre-tokens at a time (room for that
+    many words is reserved before each batch, so the scan only stores). Returns
+    the tables' (possibly reallocated) arrays."""
+    longs = np.empty(2 * batch, dtype=np.int64)
+    none = np.empty(0, dtype=np.int64)
+    ring = np.empty(3 * RING, dtype=np.uint64)
     for p in range(starts.shape[0]):
         i = starts[p]
         e = ends[p]
         while i < e:
-            m, stop = scan(data, i, e, stage1, stage2, out)
+            room = min(batch, e - i)  # a pre-token is at least one byte
             short, mid, slots, hashes, offs, arena, counts = _reserve(
-                short, mid, slots, hashes, offs, arena, counts, n, m, stop - i
+                short, mid, slots, hashes, offs, arena, counts, n, room, 0
             )
-            for t in range(m):
-                j = out[t]
-                length = j - i
-                if length <= SHORT_MAX:
-                    _add_short(_pack(data, i, j), 1, short, n)
-                elif length <= MID_MAX:
-                    _add_mid(_load(data, i, i + 8), (_load(data, i + 8, j) << np.uint64(8)) | np.uint64(length), 1, mid, n)
-                else:
-                    _add_long(data, i, j, _hash(data, i, j), 1, slots, hashes, offs, arena, counts, n)
-                i = j
+            i, _, nl = scan_count(data, i, e, room, cls, bmp, stage1, stage2, 1, none, short, mid, n, longs, ring)
+            if nl:
+                nbytes = 0
+                for t in range(nl):
+                    nbytes += longs[2 * t + 1] - longs[2 * t]
+                short, mid, slots, hashes, offs, arena, counts = _reserve(
+                    short, mid, slots, hashes, offs, arena, counts, n, nl, nbytes
+                )
+                for t in range(nl):
+                    s = longs[2 * t]
+                    j = longs[2 * t + 1]
+                    _add_long(data, s, j, _hash(data, s, j), 1, slots, hashes, offs, arena, counts, n)
     return short, mid, slots, hashes, offs, arena, counts
 
 
@@ -519,20 +608,27 @@ def merge_tables(short, mid, slots, hashes, offs, arena, counts, n, o_short, o_m
 
 
 @njit(cache=True, nogil=True)
-def flatten(short, mid, offs, arena, counts, n):
-    """The WordTable arrays of all tables: (symbols int32, offsets int64, counts int64).
+def flatten(short, mid, offs, arena, counts, n, gaps):
+    """Every word of the tables: ``(bytes uint8, offsets int64, counts int64, sep)``.
 
     Short words first, in slot order, then mid words in slot order, then the
-    long words in insertion order."""
+    long words in insertion order; word ``k`` is ``bytes[offsets[k] + g * k :
+    offsets[k + 1] + g * k]`` with ``g`` 1 if ``gaps`` else 0. With ``gaps``,
+    one byte follows every word but the last, set to ``sep``: the largest byte
+    value that no word holds, so that ``bytes.split`` cuts the words apart in
+    C (the Python dict of ``count_pretokens`` is built that way); ``sep`` is -1
+    when every byte value occurs (then slice by the offsets). Without gaps
+    the bytes are a WordTable's symbols (``sep`` -1)."""
     nlong = n[0]
     used = n[1]
     nwords = n[2] + n[3] + nlong
+    g = 1 if gaps else 0
     nbytes = used
     for r in range(short.shape[0] // 2):
         nbytes += np.int64(short[2 * r] & np.uint64(0xFF))
     for r in range(mid.shape[0] // 3):
         nbytes += np.int64(mid[3 * r + 1] & np.uint64(0xFF))
-    symbols = np.empty(nbytes, dtype=np.int32)
+    out = np.empty(nbytes + g * max(nwords - 1, 0), dtype=np.uint8)
     offsets = np.empty(nwords + 1, dtype=np.int64)
     out_counts = np.empty(nwords, dtype=np.int64)
     offsets[0] = 0
@@ -543,27 +639,44 @@ def flatten(short, mid, offs, arena, counts, n):
         if key != 0:
             length = np.int64(key & np.uint64(0xFF))
             for t in range(length):
-                symbols[pos + t] = np.int32((key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
-            pos += length
+                out[pos + t] = np.uint8((key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+            pos += length + g
             out_counts[w] = np.int64(short[2 * r + 1])
             w += 1
-            offsets[w] = pos
+            offsets[w] = pos - g * w
     for r in range(mid.shape[0] // 3):
         k1 = mid[3 * r + 1]
         if k1 != 0:
             k0 = mid[3 * r]
             length = np.int64(k1 & np.uint64(0xFF))
             for t in range(8):
-                symbols[pos + t] = np.int32((k0 >> np.uint64(8 * t)) & np.uint64(0xFF))
+                out[pos + t] = np.uint8((k0 >> np.uint64(8 * t)) & np.uint64(0xFF))
             for t in range(length - 8):
-                symbols[pos + 8 + t] = np.int32((k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
-            pos += length
+                out[pos + 8 + t] = np.uint8((k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+            pos += length + g
             out_counts[w] = np.int64(mid[3 * r + 2])
             w += 1
-            offsets[w] = pos
-    for q in range(used):
-        symbols[pos + q] = arena[q]
+            offsets[w] = pos - g * w
     for k in range(nlong):
-        out_counts[w + k] = counts[k]
-        offsets[w + k + 1] = pos + offs[k + 1]
-    return symbols, offsets, out_counts
+        o = offs[k]
+        length = offs[k + 1] - o
+        for t in range(length):
+            out[pos + t] = arena[o + t]
+        pos += length + g
+        out_counts[w] = counts[k]
+        w += 1
+        offsets[w] = pos - g * w
+    sep = -1
+    if gaps and nwords > 1:
+        seen = np.zeros(256, dtype=np.bool_)
+        for k in range(nwords):  # the words only: the gaps hold what np.empty left
+            for q in range(offsets[k] + k, offsets[k + 1] + k):
+                seen[out[q]] = True
+        for b in range(255, -1, -1):
+            if not seen[b]:
+                sep = b
+                break
+        if sep >= 0:
+            for k in range(nwords - 1):
+                out[offsets[k + 1] + k] = np.uint8(sep)
+    return out, offsets, out_counts, sep

@@ -9,7 +9,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from ..corpus import piece_bounds
+from .. import config
+from ..corpus import cut_after, piece_bounds
 from . import unicode
 
 
@@ -40,12 +41,13 @@ class CountTable:
     def _arrays(self):
         return [getattr(self, name) for name in self._FIELDS]
 
-    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], stage1, stage2) -> None:
+    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], scan_tables) -> None:
+        """Count the pre-tokens of ``chunk`` (``scan_tables``: :func:`gpubpe.pretok.unicode.scan_tables`)."""
         from .machine import count_pieces
 
         starts, ends = piece_bounds(chunk, specials)
         data = np.frombuffer(chunk, dtype=np.uint8)
-        self._set(count_pieces(data, starts, ends, stage1, stage2, *self._arrays(), self.n))
+        self._set(count_pieces(data, starts, ends, *scan_tables, config.PRETOK_BATCH, *self._arrays(), self.n))
 
     def merge(self, other: CountTable) -> None:
         from .machine import merge_tables
@@ -61,7 +63,8 @@ class CountTable:
         """(symbols int32, offsets int64, counts int64) of every word."""
         from .machine import flatten
 
-        return flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n)
+        raw, offsets, counts, _ = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, False)
+        return raw.astype(np.int32), offsets, counts
 
     def to_wordtable(self):
         from ..wordtable import WordTable
@@ -70,7 +73,36 @@ class CountTable:
         return WordTable(symbols, offsets, counts)
 
     def to_dict(self) -> dict[bytes, int]:
-        return self.to_wordtable().to_counts()
+        """``{word bytes: count}``. The words come out of the tables joined
+        around a byte that none of them holds, and ``bytes.split`` cuts them in
+        C: what is left is the cost of 400,000 bytes objects and dict entries
+        that a dict of 400,000 words is made of."""
+        from .machine import flatten
+
+        raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True)
+        if offsets.shape[0] == 1:
+            return {}
+        data = raw.tobytes()
+        if sep >= 0:
+            words = data.split(bytes([sep]))
+        else:  # every byte value occurs in some word: slice (word k starts k gap bytes later)
+            k = np.arange(offsets.shape[0] - 1, dtype=np.int64)
+            starts, ends = (offsets[:-1] + k).tolist(), (offsets[1:] + k).tolist()
+            words = map(data.__getitem__, map(slice, starts, ends))
+        return dict(zip(words, counts.tolist()))
+
+
+def _tasks(chunk: bytes, specials: tuple[bytes, ...], parts: int):
+    """``(chunk, lo, hi)`` ranges that cover ``chunk``, about ``len(chunk) /
+    parts`` bytes each, cut where the counts cannot change (:func:`cut_after`)."""
+    lo = 0
+    step = -(-len(chunk) // parts)
+    while lo < len(chunk):
+        hi = cut_after(chunk, specials, lo + step) if lo + step < len(chunk) else -1
+        if hi < 0:
+            hi = len(chunk)
+        yield chunk, lo, hi
+        lo = hi
 
 
 def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: int) -> CountTable:
@@ -78,11 +110,13 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
 
     Threads, not processes: the counting function is ``nogil``, so threads run
     in parallel without forking, without pickling chunks or tables, and
-    without a second copy of the interpreter's memory. Read-ahead is bounded
-    (a queue of ``workers`` chunks), so at most ``2 * workers + 1`` chunks are
-    alive at once.
+    without a second copy of the interpreter's memory. With several workers a
+    chunk is handed out as tasks of about ``config.PRETOK_TASK_BYTES`` (cut
+    where the counts cannot change), so that 16 threads stay busy on a corpus
+    of a few chunks. Read-ahead is bounded (a queue of ``workers`` tasks), so
+    at most ``2 * workers + 1`` chunks are alive at once.
     """
-    stage1, stage2 = unicode.tables()
+    tabs = unicode.scan_tables()
     # One worker runs in a thread too: compiled code called from the main
     # thread would hold Ctrl-C until it returns (and then fail in Numba's
     # dispatcher); here the main thread only feeds the queue and stays
@@ -92,11 +126,12 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
     errors: list[BaseException] = []
 
     def work(table: CountTable) -> None:
-        while (c := todo.get()) is not None:
+        while (task := todo.get()) is not None:
             if errors:
                 continue  # drain: the main thread stops feeding and sends the sentinels
             try:
-                table.add_chunk(c, specials, stage1, stage2)
+                c, lo, hi = task
+                table.add_chunk(c if lo == 0 and hi == len(c) else memoryview(c)[lo:hi], specials, tabs)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
@@ -105,9 +140,13 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
         t.start()
     try:
         for c in chunks:
+            parts = min(workers, -(-len(c) // config.PRETOK_TASK_BYTES)) if workers > 1 else 1
+            for task in _tasks(c, specials, parts) if parts > 1 else [(c, 0, len(c))]:
+                if errors:
+                    break
+                todo.put(task)
             if errors:
                 break
-            todo.put(c)
     finally:
         for _ in threads:
             todo.put(None)
@@ -115,8 +154,9 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
             t.join()
     if errors:
         raise errors[0]
-    # merge the smaller tables into the largest one, freeing each when merged
-    tables.sort(key=lambda t: t.nwords, reverse=True)
+    # merge the smaller tables into the largest one, freeing each when merged;
+    # an empty table is skipped (its merge would load compiled code for nothing)
+    tables = sorted((t for t in tables if t.nwords), key=lambda t: t.nwords, reverse=True) or tables[:1]
     total = tables.pop(0)
     while tables:
         total.merge(tables.pop(0))

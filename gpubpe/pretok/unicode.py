@@ -233,6 +233,27 @@ def tables() -> tuple[np.ndarray, np.ndarray]:
     return stage1, stage2
 
 
+_scan: tuple | None = None  # scan_tables() of the tables() object it was made from
+
+
+def scan_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(cls uint8[256], bmp uint8[0x10000], stage1, stage2)``: the tables the
+    scanner reads (:func:`gpubpe.pretok.machine.scan_count`). ``cls`` is the
+    class of each ASCII byte and 4 (decode the sequence) for bytes >= 0x80;
+    ``bmp`` the class of every code point below U+10000, flat, so a 2- or
+    3-byte character costs one load instead of two dependent ones. Made from
+    :func:`tables` (and remade when its cache is cleared), 64 KiB."""
+    global _scan
+    stage1, stage2 = tables()
+    if _scan is None or _scan[2] is not stage1 or _scan[3] is not stage2:
+        cp = np.arange(0x10000, dtype=np.int64)
+        bmp = np.ascontiguousarray(stage2[stage1[cp >> 8].astype(np.int64) * BLOCK + (cp & (BLOCK - 1))], dtype=np.uint8)
+        cls = np.full(256, 4, dtype=np.uint8)
+        cls[:128] = stage2[:128]
+        _scan = (cls, bmp, stage1, stage2)
+    return _scan
+
+
 def table_hash() -> str:
     """16 hex digits of SHA-256 over the table in use (``stage1`` as little-endian
     uint16, then ``stage2``).
