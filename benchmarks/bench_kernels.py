@@ -135,9 +135,10 @@ def merge_loop_numba(table, merges):
     from gpubpe.backends.cpu import merge_loop
 
     tiny = WordTable.from_counts({b"abcab": 2, b"bca": 1})
-    merge_loop(tiny.symbols, tiny.offsets, tiny.counts, 3, np.zeros(2, np.int64), 0)  # compile
+    none = (np.zeros(0, np.int64), np.zeros((0, 2), np.int32), 0)  # CS336 ties, nothing forced, no min_count
+    merge_loop(tiny.symbols, tiny.offsets, tiny.counts, 3, np.zeros(2, np.int64), 0, *none)  # compile
     t = time.perf_counter()
-    m, ntok = merge_loop(table.symbols, table.offsets, table.counts, merges, np.zeros(2, np.int64), 0)
+    m, _, ntok = merge_loop(table.symbols, table.offsets, table.counts, merges, np.zeros(2, np.int64), 0, *none)
     return time.perf_counter() - t, m, ntok
 
 
@@ -145,7 +146,7 @@ def merge_loop_cuda(table, merges, sim):
     run = C.make_backend(sim=sim)
     run(WordTable.from_counts({b"abcab": 2, b"bca": 1}), 3, np.zeros(1, np.int64))  # NVRTC, module loads
     t = time.perf_counter()
-    m, ntok = run(table, merges, np.zeros(1, np.int64))
+    m, _, ntok = run(table, merges, np.zeros(1, np.int64))
     return time.perf_counter() - t, m, ntok
 
 

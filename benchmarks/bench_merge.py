@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--special-token", default="<|endoftext|>")
     ap.add_argument("--engines", default="numba")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ties", default="cs336", choices=["cs336", "hf", "rustbpe"], help="the tie rule (gpubpe.ties)")
     ap.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"))
     ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -52,7 +53,10 @@ def main(argv=None) -> int:
     from gpubpe.backends.cpu import merge_loop
     from gpubpe.backends.cpu_python import merge_loop_python
 
+    from gpubpe.ties import byte_rank
+
     engines = {"numba": merge_loop, "python": merge_loop_python}
+    rules = (0, byte_rank(args.ties), np.zeros((0, 2), np.int32), 0)  # max_len, tie rule, nothing forced, min_count
     wt, h = load_table(args.corpus, args.special_token, args.cache_dir)
     n = args.vocab_size - 256 - (1 if args.special_token else 0)
     n_words, n_symbols = wt.num_words, wt.symbols.shape[0]
@@ -62,11 +66,11 @@ def main(argv=None) -> int:
     rows = []
     for name in args.engines.split(","):
         fn = engines[name]
-        fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(2, np.int64), 0)  # warm-up / compile
+        fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(2, np.int64), *rules)  # warm-up / compile
         walls, cpus = [], []
         for _ in range(args.repeats):
             w0, c0 = time.perf_counter(), time.process_time()
-            merges, _ = fn(wt.symbols, wt.offsets, wt.counts, n, np.zeros(2, np.int64), 0)
+            merges, _, _ = fn(wt.symbols, wt.offsets, wt.counts, n, np.zeros(2, np.int64), *rules)
             walls.append(time.perf_counter() - w0)
             cpus.append(time.process_time() - c0)
         results[name] = merges
@@ -86,7 +90,7 @@ def main(argv=None) -> int:
 
         corpus = C.corpus_info(args.corpus)
         table = C.md_table(["engine", "merges", "wall s (median)", "cpu s (median)", "us / merge"], rows)
-        notes = [f"the merge loop alone (WordTable in, merges out) on {n_words:,} unique words, "
+        notes = [f"the merge loop alone (WordTable in, merges out), ties={args.ties!r}, on {n_words:,} unique words, "
                  f"{n_symbols:,} symbols; warm (compiled) engines; median of {args.repeats}",
                  "all engines gave identical merges"]
         section = C.render_section(title=f"Merge loop alone ({corpus.name}, vocab {args.vocab_size:,})",

@@ -204,3 +204,12 @@ def test_bench_pretok_fresh_and_warm(tmp_path):
     text = results.read_text()
     assert C.results_sections(results) == ["pretok-corpus.en"]
     assert "| count_table w2 | 2 | warm |" in text and "fresh" in text
+
+
+@pytest.mark.parametrize("ties", ["cs336", "hf"])
+def test_bench_merge_runs_and_engines_agree(tmp_path, ties):
+    import bench_merge as BM
+
+    corpus = ROOT / "tests" / "fixtures" / "corpus.en"
+    assert BM.main(["--corpus", str(corpus), "--vocab-size", "400", "--engines", "numba,python", "--repeats", "1",
+                    "--ties", ties, "--cache-dir", str(tmp_path)]) == 0
