@@ -12,18 +12,6 @@ import json
 GPT2 = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def _byte_decoder() -> dict[str, int]:
-    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
-    chars = list(printable)
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars)}
-
-
 def hf_tokenizer(docs, vocab_size: int, *, min_frequency: int = 0, max_token_length: int | None = None):
     """HF ``BpeTrainer`` with ``ByteLevel(add_prefix_space=False)`` (its GPT-2
     regex) and the full byte alphabet, fed ``docs`` through ``train_from_iterator``."""
@@ -39,47 +27,26 @@ def hf_tokenizer(docs, vocab_size: int, *, min_frequency: int = 0, max_token_len
 
 
 def hf_merges_of(tok) -> list[tuple[bytes, bytes]]:
-    dec = _byte_decoder()
+    """A trained HF tokenizer's merges as byte pairs (its tokens are GPT-2-escaped)."""
+    from gpubpe.formats import unescape
+
     merges = json.loads(tok.to_str())["model"]["merges"]
-    out = []
-    for m in merges:
-        a, b = m.split(" ") if isinstance(m, str) else m
-        out.append((bytes(dec[c] for c in a), bytes(dec[c] for c in b)))
-    return out
+    return [tuple(unescape(x) for x in (m.split(" ") if isinstance(m, str) else m)) for m in merges]
 
 
 def hf_merges(docs, vocab_size: int, **kw) -> list[tuple[bytes, bytes]]:
     return hf_merges_of(hf_tokenizer(docs, vocab_size, **kw))
 
 
-def _split(token: bytes, ranks: dict[bytes, int], below: int) -> tuple[bytes, bytes]:
-    """The two parts the BPE of ``token`` ends with, using the tokens ranked
-    below ``below``: the merge that made ``token`` (how tiktoken-style ranks
-    are turned back into merges)."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 2:
-        best = None
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and r < below and (best is None or r < best[0]):
-                best = (r, i)
-        if best is None:
-            raise ValueError(f"{token!r} is not reachable by merges below rank {below}")
-        i = best[1]
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-    return parts[0], parts[1]
-
-
 def merges_from_ranks(ranked: list[tuple[bytes, int]]) -> list[tuple[bytes, bytes]]:
-    """Merges from ``[(token bytes, rank)]`` where ranks 0..255 are the bytes."""
+    """Merges from ``[(token bytes, rank)]`` where ranks 0..255 are the bytes
+    (tiktoken's way back from ranks to merges, as gpubpe's tiktoken loader does it)."""
+    from gpubpe.formats import merges_from_ranks as from_ranks
+
     ranks: dict[bytes, int] = {}
     for t, r in ranked:
         ranks.setdefault(t, r)
-    out = []
-    for t, r in sorted(ranked, key=lambda x: x[1]):
-        if r >= 256:
-            out.append(_split(t, ranks, r))
-    return out
+    return from_ranks(ranks)
 
 
 def rustbpe_merges(docs, vocab_size: int) -> list[tuple[bytes, bytes]]:
