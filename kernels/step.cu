@@ -70,6 +70,30 @@ __device__ __forceinline__ void sel_put(long long* sel, int kmax, int f, long lo
     sel[(long long)f * kmax + k] = v;
 }
 
+// step_select's record of selected candidate k, whose left token's list
+// starts at lstart and comes after `pre` list entries of the candidates before it
+__device__ __forceinline__ void sel_begin(long long* sel, int kmax, long long k, long long lstart, long long pre) {
+    sel_put(sel, kmax, SEL_LSTART, k, lstart);
+    sel_put(sel, kmax, SEL_PRE, k, pre);
+    sel_put(sel, kmax, SEL_MAXC, k, 0);
+    sel_put(sel, kmax, SEL_NOCC, k, 0);
+    sel_put(sel, kmax, SEL_FILL, k, 0);
+}
+
+// step_select's status for a new step of nsel candidates whose lists hold
+// `lists` entries: the last step's marks fall below the base, counters reset
+__device__ __forceinline__ void step_begin(long long* st, long long nsel, long long lists) {
+    st[ST_MKBASE] += st[ST_NSEL];
+    st[ST_NSEL] = nsel;
+    st[ST_NACC] = 0;
+    st[ST_LISTS] = lists;
+    st[ST_OCC] = 0;
+    st[ST_NNEW] = 0;
+    st[ST_SUSED] = 0;
+    st[ST_SFULL] = 0;
+    st[ST_RUNMAX] = 0;
+}
+
 // step_select
 //   Geometry: exactly one block; blockDim a power of two <= MAX_BLOCK.
 //   In:  cand[st[ST_NCAND]] slots; keys/cnt (bits: the table's size);
@@ -130,20 +154,8 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
             sel_put(sel, kmax, SEL_SLOT, 0, slot);
             sel_put(sel, kmax, SEL_CNT, 0, slot >= 0 ? cnt[slot] : 0);
             sel_put(sel, kmax, SEL_KEY, 0, (long long)key);
-            sel_put(sel, kmax, SEL_LSTART, 0, list_start[a]);
-            sel_put(sel, kmax, SEL_PRE, 0, 0);
-            sel_put(sel, kmax, SEL_MAXC, 0, 0);
-            sel_put(sel, kmax, SEL_NOCC, 0, 0);
-            sel_put(sel, kmax, SEL_FILL, 0, 0);
-            st[ST_MKBASE] += st[ST_NSEL];
-            st[ST_NSEL] = 1;
-            st[ST_NACC] = 0;
-            st[ST_LISTS] = list_len[a];
-            st[ST_OCC] = 0;
-            st[ST_NNEW] = 0;
-            st[ST_SUSED] = 0;
-            st[ST_SFULL] = 0;
-            st[ST_RUNMAX] = 0;
+            sel_begin(sel, kmax, 0, list_start[a], 0);
+            step_begin(st, 1, list_len[a]);
         }
         return;
     }
@@ -263,22 +275,10 @@ extern "C" __global__ void step_select(const u64* __restrict__ keys, const long 
             u64 key = (u64)sel_get(sel, kmax, SEL_KEY, k);
             if (!pair_ranks_above(c, key, bc, bk, tb, toff, tlen, rank, id_order)) break;
             int a = key_left(key);
-            sel_put(sel, kmax, SEL_LSTART, k, list_start[a]);
-            sel_put(sel, kmax, SEL_PRE, k, pre);
+            sel_begin(sel, kmax, k, list_start[a], pre);
             pre += list_len[a];
-            sel_put(sel, kmax, SEL_MAXC, k, 0);
-            sel_put(sel, kmax, SEL_NOCC, k, 0);
-            sel_put(sel, kmax, SEL_FILL, k, 0);
         }
-        st[ST_MKBASE] += st[ST_NSEL];  // the last step's marks are now below the base
-        st[ST_NSEL] = k;
-        st[ST_NACC] = 0;
-        st[ST_LISTS] = pre;
-        st[ST_OCC] = 0;
-        st[ST_NNEW] = 0;
-        st[ST_SUSED] = 0;
-        st[ST_SFULL] = 0;
-        st[ST_RUNMAX] = 0;
+        step_begin(st, k, pre);
         if (k == 0) st[ST_HALT] = HALT_REFILL;
     }
 }
