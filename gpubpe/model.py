@@ -109,12 +109,13 @@ class BPEModel:
         if n < 0 or n > len(self.merges):
             raise ValueError(f"vocab_size must be between {256 + len(self.special_tokens):,} and {len(self.vocab):,} "
                              f"(this model's size), got {vocab_size:,}")
+        kept = self.merge_ids()[:n]
         record = dict(self.record or {})
         if record:
             record["truncated_from"] = {"vocab_size": len(self.vocab), "merges_digest": record.get("merges_digest")}
-            record["merges_digest"] = merges_digest(self.merge_ids()[:n])
+            record["merges_digest"] = merges_digest(kept)
         return BPEModel.from_merge_ids(
-            self.merge_ids()[:n], self.special_tokens, self.pattern, self.unicode, specials_after=self.specials_after,
+            kept, self.special_tokens, self.pattern, self.unicode, specials_after=self.specials_after,
             merge_counts=None if self.merge_counts is None else self.merge_counts[:n], ties=self.ties,
             record=record or None)
 

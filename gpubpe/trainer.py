@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -194,8 +193,13 @@ def _train_counts(counts, *, vocab_size, special_tokens, rules, progress, patter
                          "count again with these, or leave special_tokens out")
     if pattern is not None and resolve_pattern(pattern) != wc.pattern:
         raise ValueError("the counts were made with another pattern: count again with this one, or leave pattern out")
-    if rules.parent is not None:
-        _parent_settings(rules.parent, wc.special_tokens, wc.pattern, what="the counts were made")
+    parent = rules.parent
+    if parent is not None and wc.special_tokens != parent.special_tokens:
+        raise ValueError(f"init: the parent has special tokens {parent.special_tokens}, and the counts were made "
+                         f"with {wc.special_tokens}: count again with the parent's")
+    if parent is not None and wc.pattern != parent.pattern:
+        raise ValueError("init: the counts were made with another pattern than the parent's: count again with "
+                         "the parent's pattern (gpubpe.load(...).pattern)")
     specials_str = tuple(wc.special_tokens)
     vocab_size = _validate.vocab_size(vocab_size, len(specials_str))
     _check_parent_size(rules.parent, vocab_size)
@@ -203,9 +207,8 @@ def _train_counts(counts, *, vocab_size, special_tokens, rules, progress, patter
     t1 = time.perf_counter()
     model, stats = _merge(table, vocab_size=vocab_size, special_tokens=specials_str, rules=rules, pattern=wc.pattern,
                           show=want_progress(progress),
-                          source={"inputs": wc.meta.get("inputs", []), "counts": _table_digest(table)})
-    model.unicode = wc.meta.get("unicode") or model.unicode
-    model.record["unicode"] = model.unicode
+                          source={"inputs": wc.meta.get("inputs", []), "counts": _table_digest(table)},
+                          unicode=wc.meta.get("unicode"))
     stats.input_bytes = sum(int(i.get("size", 0)) for i in wc.meta.get("inputs", []))
     stats.seconds_count = t1 - t0
     return model, stats
@@ -243,19 +246,16 @@ def _rules(backend, *, max_token_length, ties, min_frequency, init) -> _Rules:
     return _Rules(name, run, max_token_length, ties, min_frequency, init, auto=asked == "auto")
 
 
-def _parent_settings(parent, special_tokens, pattern, what="asked for"):
-    """``(special tokens, pattern)`` of a run: the parent's when continuing
-    (a mismatch is refused: the parent's merges were learnt on text cut and
-    split its way; an explicit ``pattern=`` is taken as given)."""
+def _parent_settings(parent, special_tokens, pattern):
+    """``(special tokens, pattern)`` of a run from a corpus: the parent's when
+    continuing (other special tokens are refused: the parent's merges were
+    learnt on text cut its way; an explicit ``pattern=`` is taken as given)."""
     specials = _validate.special_tokens(special_tokens)
     if parent is None:
         return specials, resolve_pattern("gpt2" if pattern is None else pattern)
     if specials and list(specials) != parent.special_tokens:
-        raise ValueError(f"init: the parent has special tokens {parent.special_tokens}, and {what} with "
-                         f"{list(specials)}: leave special_tokens out to use the parent's")
-    if what != "asked for" and resolve_pattern(pattern) != parent.pattern:
-        raise ValueError("init: the counts were made with another pattern than the parent's: count again with "
-                         "the parent's pattern (gpubpe.load(...).pattern)")
+        raise ValueError(f"init: the parent has special tokens {parent.special_tokens}, not {list(specials)}: "
+                         "leave special_tokens out to use the parent's")
     return tuple(parent.special_tokens), resolve_pattern(parent.pattern if pattern is None else pattern)
 
 
@@ -286,25 +286,28 @@ def _first_duplicate(merge_ids) -> int:
     return -1
 
 
-def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
+def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source, unicode=None):
     """The merge loop over a WordTable, its memory sized by the merges that can
-    happen, and the model with what the run did (counting fields left zero)."""
+    happen, and the model with what the run did (counting fields left zero).
+    ``unicode``: the class table the counts were made with (default: the installed one)."""
     pretokens = int(table.counts.sum())
     pretoken_bytes = int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum())
     requested = vocab_size - 256 - len(special_tokens)
     parent = rules.parent
-    forced = np.zeros((0, 2), np.int32) if parent is None else np.asarray(parent.merge_ids(), np.int32).reshape(-1, 2)
+    parent_ids = [] if parent is None else parent.merge_ids()
+    forced = np.asarray(parent_ids, np.int32).reshape(-1, 2)
     # a parent's merges are made even where they change no word here
     num_merges = min(requested, len(forced) + table.max_merges())
     if rules.auto and rules.backend == "cuda" and table.symbols.shape[0] < config.AUTO_CUDA_MIN_SYMBOLS:
         # too small to pay for the device's start-up: 'auto' means the faster one
-        rules = dataclasses.replace(rules, backend="cpu", run=backends.get("cpu"))
+        rules = replace(rules, backend="cpu", run=backends.get("cpu"))
     options = backends.MergeOptions(max_len=rules.max_token_length or 0, rank=_ties.byte_rank(rules.ties),
                                     forced=forced, min_count=rules.min_frequency)
     t1 = time.perf_counter()
     merge_ids, merge_counts, ntokens = _run_merges(rules.run, table, num_merges, show, options)
-    if _ties.reuses_ids(rules.ties) and len(merge_ids):
-        dup = _first_duplicate(np.asarray(merge_ids).tolist())
+    merge_ids = np.asarray(merge_ids).tolist()
+    if _ties.reuses_ids(rules.ties):
+        dup = _first_duplicate(merge_ids)
         if dup >= 0:
             # HF keeps one id per distinct string, so its run leaves this one
             # at the first merge that repeats a token: the merges up to it
@@ -312,18 +315,18 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
             # Python loop: a rare case, kept simple and exact)
             from .backends.cpu_python import merge_loop_python
 
-            again = dataclasses.replace(options, forced=np.asarray(merge_ids[: dup + 1], np.int32))
-            merge_ids, merge_counts, ntokens = merge_loop_python(
-                table.symbols, table.offsets, table.counts, requested, np.zeros(2, np.int64), again.max_len,
-                again.rank, again.forced, again.min_count, reuse=True)
+            merges, merge_counts, ntokens = merge_loop_python(
+                table.symbols, table.offsets, table.counts, requested, np.zeros(2, np.int64), options.max_len,
+                options.rank, np.asarray(merge_ids[: dup + 1], np.int32), options.min_count, reuse=True)
+            merge_ids = merges.tolist()
     t2 = time.perf_counter()
 
-    merge_ids = np.asarray(merge_ids).tolist()
     made = len(merge_ids)
+    unicode = unicode or _unicode.table_id()
     record = {
         "gpubpe": __version__,
         "pattern": pattern,
-        "unicode": _unicode.table_id(),
+        "unicode": unicode,
         "special_tokens": list(special_tokens),
         "ties": rules.ties,
         "options": {"vocab_size": vocab_size, "max_token_length": rules.max_token_length,
@@ -331,16 +334,17 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
         **source,
         "parent": None if parent is None else {
             "vocab_size": len(parent.vocab),
-            "merges_digest": merges_digest(parent.merge_ids()),
+            "merges_digest": merges_digest(parent_ids),
         },
         "merges_digest": merges_digest(merge_ids),
     }
-    model = BPEModel.from_merge_ids(merge_ids, special_tokens, pattern=pattern, unicode=_unicode.table_id(),
+    model = BPEModel.from_merge_ids(merge_ids, special_tokens, pattern=pattern, unicode=unicode,
                                     specials_after=None if parent is None else len(parent.merges),
-                                    merge_counts=None if merge_counts is None else [int(c) for c in merge_counts], ties=rules.ties, record=record)
+                                    merge_counts=[int(c) for c in merge_counts], ties=rules.ties, record=record)
     longest = max((len(a) + len(b) for a, b in model.merges), default=1)
-    distinct = len(set(model.vocab.values()) - {s.encode() for s in special_tokens}) - 256
-    if made >= requested or distinct >= requested:
+    # HF's vocab_size counts distinct token strings; the others count ids
+    reached = (len({a + b for a, b in model.merges}) if _ties.reuses_ids(rules.ties) else made) >= requested
+    if reached:
         reason = "the vocabulary size was reached"
     elif pretokens == 0:
         reason = "the input holds only special tokens: there is nothing to merge"
@@ -350,7 +354,7 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source):
         reason = f"no pair is left whose token would fit in max_token_length={rules.max_token_length} bytes"
     else:
         reason = "no pair is left to merge (every pre-token is one token)"
-    if made < requested and reason != "the vocabulary size was reached":
+    if not reached:
         warnings.warn(f"training stopped after {made:,} of {requested:,} merges: {reason}; "
                       f"the vocabulary has {len(model.vocab):,} ids, not {vocab_size:,}",
                       TrainingStoppedEarly, stacklevel=4)

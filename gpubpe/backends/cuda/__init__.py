@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ... import config
-from .. import BackendUnavailable
+from .. import BackendUnavailable, MergeOptions
 from . import kernels as K
 
 STEP_BATCH = config.CUDA_STEP_BATCH
@@ -433,17 +433,14 @@ def make_backend(*, sim: bool):
             raise BackendUnavailable(str(e)) from e
     # backend='cuda' comes here only after backends.cuda_available() imported CuPy
 
-    def run(table, num_merges, progress, options=None):
-        from .. import MergeOptions
-
-        o = options or MergeOptions()
+    def run(table, num_merges, progress, options=MergeOptions()):
         num_merges = int(num_merges)
         if num_merges <= 0:
             return (np.zeros((0, 2), np.int32), np.zeros(0, np.int64),
                     int((np.diff(table.offsets) * table.counts).sum()))
         dev = _Dev(sim)
         with dev.on_stream():
-            return _Loop(dev, table, num_merges, o.max_len, rank=o.rank, forced=o.forced,
-                         min_count=o.min_count).run(progress)
+            return _Loop(dev, table, num_merges, options.max_len, rank=options.rank, forced=options.forced,
+                         min_count=options.min_count).run(progress)
 
     return run
