@@ -57,7 +57,8 @@ def install() -> None:
     anything = _Anything()
     mod = types.ModuleType("hypothesis")
     mod.given, mod.settings, mod.HealthCheck = _given, _settings, anything
-    mod.assume = mod.event = mod.note = mod.example = lambda *a, **k: (lambda f: f) if not a else None
+    mod.assume = mod.event = mod.note = lambda *a, **k: None  # only reached inside a skipped test
+    mod.example = _settings  # a decorator that leaves the test as it is
     mod.strategies = types.ModuleType("hypothesis.strategies")
     mod.strategies.__getattr__ = lambda name: anything
     sys.modules["hypothesis"] = mod
