@@ -150,13 +150,12 @@ def test_the_suite_runs_without_hypothesis(tmp_path):
     import subprocess
     import sys
 
-    (tmp_path / "sitecustomize.py").write_text(
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] == 'hypothesis':\n"
-        "            raise ImportError('hypothesis blocked')\n"
-        "sys.meta_path.insert(0, Block())\n")
+    # A package of the same name ahead of site-packages whose import fails: a
+    # finder on sys.meta_path would not do, since pytest's assertion rewriter
+    # looks up the modules of plugin distributions (hypothesis is one) itself,
+    # through the path finder, ahead of any such finder.
+    (tmp_path / "hypothesis").mkdir()
+    (tmp_path / "hypothesis" / "__init__.py").write_text("raise ImportError('hypothesis blocked')\n")
     env = {**__import__("os").environ, "PYTHONPATH": f"{tmp_path}"}
     r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:hypothesispytest", "-p", "no:cacheprovider",
                         "-rs", "tests/test_steps.py"], cwd=PKG.parent, env=env, capture_output=True, text=True)
