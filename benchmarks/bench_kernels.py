@@ -280,6 +280,9 @@ def run_model(args, corpus: Path) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cost_model.md").write_text(text + "\n")
         (args.out / "cost_model.json").write_text(json.dumps(res, indent=2, default=str))
+        (args.out / "cost_model_trace.json").write_text(json.dumps(
+            {"symbols": int(table.symbols.shape[0]), "words": table.num_words, "ntok": 256 + merges,
+             "numba_s": t_numba, "trace": trace}))  # to charge the same schedule with other parameters
     return 0 if same else 1
 
 

@@ -22,7 +22,8 @@ parameters:
   RT_HBM_S (a random read of the big per-position arrays) or RT_L2_S (small
   hot arrays: st, sel, the candidate set, the scratch table), plus BARRIER_S
   per __syncthreads stage of the one-block kernels; a grid-stride loop over m
-  items on T = 2 x SMs x 256 threads costs ceil(m / T) iterations;
+  items on T = config.CUDA_STEP_BLOCKS_PER_SM x SMs x 256 threads (the
+  driver's grid) costs ceil(m / T) iterations;
 * bytes: what the launch reads and writes, random accesses charged a 32-byte
   sector each (the per-item figures are in BYTES below);
 * hot atomics: atomics on one address serialize: HOT_ATOMIC_S each;
@@ -64,7 +65,9 @@ class Device:
 
     @property
     def threads(self) -> int:
-        return 2 * self.sms * self.BLOCK
+        from gpubpe import config
+
+        return config.CUDA_STEP_BLOCKS_PER_SM * self.sms * self.BLOCK
 
 
 H200 = Device("H200", 4.3e12, 132)
@@ -173,7 +176,11 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
             # successor's symbol; a min-reduction and a scan over the block),
             # then the decision (stage sel, thread 0 walks shared memory, the
             # block copies the new bytes one per thread)
+            # the trace's rounds are of the block it ran with (cuda-sim: 32 threads):
+            # the device's block scans B * RUN_UNROLL slots a round, at least one per run
             rounds = e["runrounds"]
+            if rounds:
+                rounds = max(min(e["nlong"], rounds), math.ceil(rounds * e.get("block", B) / B))
             nbytes = e["tokbytes"] - last_tokbytes
             last_tokbytes = e["tokbytes"]
             dec_rts = 1 + 2 + 1 + math.ceil(nbytes / B) * 2

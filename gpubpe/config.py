@@ -97,10 +97,15 @@ CUDA_SCRATCH_BITS = 18
 CUDA_SCRATCH_MAX_LOAD = 0.5
 # A run of equal symbols is walked by its first member's thread up to
 # CUDA_RUN_WALK members (dependent steps); the rest of a longer one goes to the
-# last block of the launch, which scans it 1,024 slots a round. At most
-# CUDA_LONG_RUNS runs a step take that path (the others are walked to the end).
-CUDA_RUN_WALK = 128
-CUDA_LONG_RUNS = 1024
+# last block of the launch, which scans it 1,024 slots a round (a few us). At
+# most CUDA_LONG_RUNS runs a step take that path, one after the other in that
+# block; the others are walked to the end, in parallel.
+CUDA_RUN_WALK = 32
+CUDA_LONG_RUNS = 256
+# Blocks of 256 threads per SM in the step launches: their grid-stride loops
+# are chains of dependent loads, so more threads in flight mean fewer rounds.
+# 4 (1,024 threads an SM) stays resident up to 64 registers a thread.
+CUDA_STEP_BLOCKS_PER_SM = 4
 # The candidate set holds every pair with count >= CUDA_CAND_FRACTION times the
 # best count at the last refill (a full scan of the table, when nothing at or
 # above that threshold is left); its array has room for at least CUDA_CAND_MIN.

@@ -91,7 +91,7 @@ class _Dev:
             self.launcher.load_all()
             self.xp = cupy
             self.block = 256
-            self.merge_grid = 2 * self.launcher.sm_count
+            self.merge_grid = config.CUDA_STEP_BLOCKS_PER_SM * self.launcher.sm_count
             self.max_parts = 4 * self.launcher.sm_count
         self.k = K.Kernels(self.launcher)
 
@@ -393,7 +393,8 @@ class _Loop:
                            "tokbytes": int(mid[K.ST_TOKBYTES]), "nnew": int(st[K.ST_USED] - mid[K.ST_USED]),
                            "appended": int(st[K.ST_NCAND] - mid[K.ST_NCAND]),
                            "ncand": int(st[K.ST_NCAND]) if selected else 0,
-                           "next_nsel": int(st[K.ST_NSEL]) if selected else 0, "cap": 1 << self.bits})
+                           "next_nsel": int(st[K.ST_NSEL]) if selected else 0, "cap": 1 << self.bits,
+                           "block": self.dev.block})
 
     def _acc_occ(self, mid, nacc: int) -> int:
         """Occurrences the step merged: the new tokens' list lengths."""
