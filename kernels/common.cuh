@@ -24,7 +24,7 @@ typedef unsigned long long u64;
 #define ST_USED 6        // pair-table slots holding a key
 #define ST_TOKBYTES 7    // bytes used in the token byte buffer
 #define ST_NSEL 8        // candidates selected this step (step_select)
-#define ST_NACC 9        // candidates accepted this step (step_decide): merges done = the first NACC
+#define ST_NACC 9        // candidates accepted this step (the decision): merges done = the first NACC
 #define ST_DROPPED 10    // weighted symbols of words dropped by compaction (for the token total)
 #define ST_MKBASE 11     // mk[q] == MKBASE + k marks q as an occurrence of selected candidate k
 #define ST_ERR 12        // detail for HALT_INTERNAL
@@ -63,12 +63,12 @@ typedef unsigned long long u64;
 #define SEL_PRE 4        // exclusive prefix of the list lengths (step_find's index space)
 #define SEL_MAXC 5       // largest count of a pair this merge alone would create
 #define SEL_NOCC 6       // its occurrences
-#define SEL_FILL 7       // occurrences written to its pool list so far (step_update)
+#define SEL_FILL 7       // occurrences written to its pool list so far (step_merge)
 #define SEL_TOK 8        // the new token's id, for accepted candidates
 #define SEL_POOL 9       // where list(new token) starts in the pool, for accepted candidates
 #define SEL_FIELDS 10
 #define SELECT_UNROLL 8  // candidate-set entries a step_select thread loads per round
-#define DECIDE_MAX 256   // step_decide stages this many candidates in shared memory (kmax <= it)
+#define DECIDE_MAX 256   // the decision stages this many candidates in shared memory (kmax <= it)
 #define SELECT_LOCAL 4   // candidates each step_select thread keeps: the block sorts blockDim * 4 (kmax <= that)
 #define RUN_UNROLL 4     // slots each thread of the run scan reads per round (step.cu, long runs)
 #define LRUN_FIELDS 4    // a long-run record: continuation position, candidate, occurrences so far, left neighbour
@@ -104,10 +104,10 @@ __device__ __forceinline__ void set_halt(long long* st, long long code) {
 // count 0 until the host rebuilds the table). Crossing `used_limit` occupied
 // slots halts the loop with HALT_TABLE so probe chains stay short; the
 // insertion itself still completes. In a step (newslots != nullptr) the halt
-// waits for the next step_select (ST_TFULL): the step in flight must still be
+// waits for the next selection (ST_TFULL): the step in flight must still be
 // applied, and the host's recount then starts from its result; every inserted
 // slot is listed in newslots (a new pair's count is final within its step, so
-// step_apply can decide then whether it joins the candidate set).
+// step_merge's last block can decide then whether it joins the candidate set).
 __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_limit,
                           u64 key, long long w, long long* st, long long* newslots) {
     u64 mask = (1ull << bits) - 1ull;

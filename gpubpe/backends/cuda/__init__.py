@@ -12,7 +12,7 @@ Device state (positions are int32; a WordTable over 2^31 - 1 symbols is refused)
   live position in the word (-1 at the ends), word index; ``counts`` per word.
 * the pair table  ``keys`` u64 / ``cnt`` int64, open addressing (pair_table.cu).
 * the position pool  ``pool`` int32 with ``list_start`` / ``list_len`` per token:
-  where each token was created (step_decide), so a merge scans only list(a).
+  where each token was created (the decision in step_find), so a merge scans only list(a).
 * token bytes  ``tb``, ``toff``, ``tlen`` for the CS336 tie rule; ``rank``
   for the id-order rules (gpubpe.ties); ``forced``, the merges replayed first.
 * the candidate set ``cand``: the pair-table slots at or above ``st[THRESH]``.
