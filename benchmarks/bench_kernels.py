@@ -280,9 +280,10 @@ def run_model(args, corpus: Path) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cost_model.md").write_text(text + "\n")
         (args.out / "cost_model.json").write_text(json.dumps(res, indent=2, default=str))
-        (args.out / "cost_model_trace.json").write_text(json.dumps(
-            {"symbols": int(table.symbols.shape[0]), "words": table.num_words, "ntok": 256 + merges,
-             "numba_s": t_numba, "trace": trace}))  # to charge the same schedule with other parameters
+
+    if args.trace:  # the schedule itself, to charge it again with other parameters (cost_model.project)
+        args.trace.write_text(json.dumps({"symbols": int(table.symbols.shape[0]), "words": table.num_words,
+                                          "ntok": 256 + merges, "numba_s": t_numba, "trace": trace}))
     return 0 if same else 1
 
 
@@ -294,6 +295,7 @@ def main(argv=None) -> int:
                     help="project the device time with the cost model (cuda-sim schedule; no device needed)")
     ap.add_argument("--kernel-merges", type=int, default=300, help="merges timed kernel by kernel")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench_kernels.md / .json")
+    ap.add_argument("--trace", type=Path, default=None, help="with --model: write the recorded schedule (JSON) here")
     ap.add_argument("--sim", action="store_true", help="run on the simulator (checks the script, no timings)")
     ap.add_argument("--skip-numba", action="store_true")
     ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")
