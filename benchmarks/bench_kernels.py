@@ -58,10 +58,8 @@ from gpubpe.wordtable import WordTable  # noqa: E402
 # count read-modify-write).
 BYTES = {
     "count_pairs": "24 n + 24 p",
-    "step_select": "24 C",
     "step_find": "12 L + 60 o",
-    "step_update": "8 o + 150 a",
-    "step_apply": "8 o + 36 a",
+    "step_merge": "8 o + 186 a",
     "compact_mark": "28 n",
     "compact_scatter": "12 n + 48 kept",
 }
@@ -170,19 +168,20 @@ def kernel_bandwidth(table, nmerges: int, sim: bool) -> dict:
                                               st=loop.st))
             rows["count_pairs"].append((sec, 24 * n + 24 * pairs))
         steps = 0
+        loop._select()
         while steps < nmerges:
             st = loop._status()
             if st[K.ST_HALT]:
                 break
             steps += 1
-            for name, launch in loop.step_launches():
-                sec = timer(launch)
-                st = loop._status()
-                o, a = int(st[K.ST_OCC]), int(st[K.ST_POOL_USED])
-                size = {"step_select": 24 * int(st[K.ST_NCAND]), "step_find": 12 * int(st[K.ST_LISTS]) + 60 * o,
-                        "step_update": 8 * o, "step_apply": 8 * o}.get(name)
-                if size is not None:  # step_decide is one block of bookkeeping: timed in the loop total only
-                    rows[name].append((sec, size))
+            pool0 = int(st[K.ST_POOL_USED])
+            (_, find), (_, merge) = loop.step_launches()
+            sec = timer(find)
+            st = loop._status()
+            o = int(st[K.ST_OCC])
+            acc = int(st[K.ST_POOL_USED]) - pool0  # the decision put the merged occurrences' lists in the pool
+            rows["step_find"].append((sec, 12 * int(st[K.ST_LISTS]) + 60 * o))
+            rows["step_merge"].append((timer(merge), 8 * o + 186 * acc))
         n = loop.n
         keep = dev.empty(n, np.int32)
         sec = timer(lambda: k.compact_mark(block=dev.block, sym=loop.sym, nxt=loop.nxt,
@@ -253,17 +252,23 @@ def run_model(args, corpus: Path) -> int:
            f"{sum(1 for e in trace if e['event'] == 'refill')} refills, "
            f"{sum(1 for e in trace if e['event'] == 'count_pairs')} table counts, "
            f"{sum(1 for e in trace if e['event'] == 'compact')} compactions, "
-           f"{sum(1 for e in trace if e['event'] == 'readback')} read-backs; longest run walked "
-           f"{max((e['runmax'] for e in steps), default=0)}.", ""]
+           f"{sum(1 for e in trace if e['event'] == 'readback')} read-backs, "
+           f"{sum(e['launches'] for e in trace if e['event'] == 'batch'):,} graph launches "
+           f"({2 * C.STEP_BATCH} per batch of {C.STEP_BATCH} steps) and "
+           f"{sum(1 for e in trace if e['event'] == 'select')} host-launched selections; "
+           f"most run members walked by one thread {max((e['runmax'] for e in steps), default=0)}, "
+           f"longest run scanned by a last block {max((e['longmax'] for e in steps), default=0):,} "
+           f"({sum(e['runrounds'] for e in steps):,} block rounds in all).", ""]
     res = {"corpus": str(corpus), "merges": int(len(m_sim)), "steps": len(steps), "identical": same,
            "numba_s": t_numba}
     for dev_params in (M.A100, M.H200):
         p = M.project(trace, dev_params, symbols=int(table.symbols.shape[0]), words=table.num_words,
                       ntok=256 + merges)
         out += [f"## {dev_params.name} parameters: projected {p.total:.3f} s, ratio {t_numba / p.total:.1f}x", "",
-                *M.report(p), ""]
+                *M.report(p), "", M.run_depth_line(p), ""]
         res[dev_params.name] = {"projected_s": p.total, "ratio": t_numba / p.total,
-                                "terms": {k: v.seconds for k, v in p.terms.items()}}
+                                "terms": {k: v.seconds for k, v in p.terms.items()}, "launches": p.launches,
+                                "run_depth": p.run_depth_walk, "run_depth_walked_whole": p.run_depth_before}
     out.append(f"Numba loop on this machine, same WordTable: {t_numba:.2f} s.")
     out.append("")
     h = res["H200"]
@@ -275,6 +280,10 @@ def run_model(args, corpus: Path) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cost_model.md").write_text(text + "\n")
         (args.out / "cost_model.json").write_text(json.dumps(res, indent=2, default=str))
+
+    if args.trace:  # the schedule itself, to charge it again with other parameters (cost_model.project)
+        args.trace.write_text(json.dumps({"symbols": int(table.symbols.shape[0]), "words": table.num_words,
+                                          "ntok": 256 + merges, "numba_s": t_numba, "trace": trace}))
     return 0 if same else 1
 
 
@@ -286,6 +295,7 @@ def main(argv=None) -> int:
                     help="project the device time with the cost model (cuda-sim schedule; no device needed)")
     ap.add_argument("--kernel-merges", type=int, default=300, help="merges timed kernel by kernel")
     ap.add_argument("--out", type=Path, default=None, help="folder for bench_kernels.md / .json")
+    ap.add_argument("--trace", type=Path, default=None, help="with --model: write the recorded schedule (JSON) here")
     ap.add_argument("--sim", action="store_true", help="run on the simulator (checks the script, no timings)")
     ap.add_argument("--skip-numba", action="store_true")
     ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")

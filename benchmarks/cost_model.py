@@ -10,13 +10,20 @@ parameters:
 
     launch time = node gap + max(dependent chain, bytes / copy bandwidth + hot atomics)
 
-* node gap: one CUDA graph node, GAP_S (the loop replays graphs of
-  config.CUDA_STEP_BATCH steps, five nodes per step);
+* node gap: one CUDA graph node, GAP_S, charged for every launch of every
+  replayed graph (config.CUDA_STEP_BATCH steps of two launches, step_find and
+  step_merge; the no-op launches after a halt included), plus a direct launch
+  from Python (LIBCALL_S) for each step_select the host runs between batches;
+* a launch with a last block: the grid part's chain, then the arrival (a
+  fence and an atomic) and the last block's one-block chain (the decision in
+  step_find, after the long runs' rounds; the candidate-set appends and the
+  next selection in step_merge);
 * dependent chain: the round trips on one thread's critical path, each
   RT_HBM_S (a random read of the big per-position arrays) or RT_L2_S (small
   hot arrays: st, sel, the candidate set, the scratch table), plus BARRIER_S
   per __syncthreads stage of the one-block kernels; a grid-stride loop over m
-  items on T = 2 x SMs x 256 threads costs ceil(m / T) iterations;
+  items on T = config.CUDA_STEP_BLOCKS_PER_SM x SMs x 256 threads (the
+  driver's grid) costs ceil(m / T) iterations;
 * bytes: what the launch reads and writes, random accesses charged a 32-byte
   sector each (the per-item figures are in BYTES below);
 * hot atomics: atomics on one address serialize: HOT_ATOMIC_S each;
@@ -37,6 +44,7 @@ from dataclasses import dataclass, field
 
 SECTOR = 32  # bytes a random access moves
 SELECT_UNROLL = 8  # as kernels/common.cuh
+RUN_UNROLL = 4  # as kernels/common.cuh
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,9 @@ class Device:
 
     @property
     def threads(self) -> int:
-        return 2 * self.sms * self.BLOCK
+        from gpubpe import config
+
+        return config.CUDA_STEP_BLOCKS_PER_SM * self.sms * self.BLOCK
 
 
 H200 = Device("H200", 4.3e12, 132)
@@ -65,12 +75,10 @@ A100 = Device("A100", 2.0e12, 108)
 
 # Bytes per item (a random 4-byte read is a 32-byte sector).
 BYTES = {
-    "step_select": "72 per candidate-set entry (slot, count and key sectors)",
-    "step_find": "36 per list entry (pool, sym sector) + 420 per occurrence found (links, neighbours, "
-                 "mark, scratch adds)",
-    "step_decide": "a few hundred (the candidate records, token bytes)",
-    "step_update": "36 per occurrence found + 600 per accepted occurrence (links, neighbours, 5 table updates)",
-    "step_apply": "36 per occurrence found + 320 per accepted occurrence + 40 per new slot + 40 per scratch slot",
+    "step_find": "36 per list entry (pool, sym sector) + 420 per occurrence found (links, neighbours, marks, "
+                 "scratch adds) + 8 per slot of a long run scanned + the decision's few hundred",
+    "step_merge": "40 per scratch slot cleared + 36 per occurrence found + 920 per accepted occurrence (links, "
+                  "neighbours, 5 table updates, the rewrite) + 40 per new slot + 72 per candidate-set entry selected",
 }
 
 
@@ -92,6 +100,9 @@ class Projection:
     steps: int = 0
     merges: int = 0
     readbacks: int = 0
+    launches: int = 0
+    run_depth_walk: int = 0   # dependent round trips of the runs' serial parts, as scheduled
+    run_depth_before: int = 0  # the same if every run were walked by its first member (the earlier design)
 
     @property
     def total(self) -> float:
@@ -125,46 +136,72 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
     d = device
     p = Projection(d)
     T = d.threads
+    B = d.BLOCK
     hbm, l2, bar = d.RT_HBM_S, d.RT_L2_S, d.BARRIER_S
     it = lambda m: math.ceil(m / T)  # noqa: E731
-    sort_stages = (lambda n: n * (n + 1) // 2)(int(math.log2(d.BLOCK * 4)))
-    red_stages = int(math.log2(d.BLOCK))
+    lg = int(math.log2(B))
+    sort_stages = (lambda n: n * (n + 1) // 2)(int(math.log2(B * 4)))
+
+    def select_chain(ncand: int, nsel: int) -> tuple[float, int]:
+        # one block scans the candidate set, sorts blockDim * 4 entries, writes sel
+        rts = 1 + math.ceil(ncand / (B * SELECT_UNROLL)) * 2 + nsel + 1
+        return rts * l2 + (3 + sort_stages + lg) * bar, rts
+
+    arrive = 2 * l2 + bar  # fence, then one atomic on st and its broadcast
     # setup: the upload (bytes + offsets + counts), build_links, buffers cleared
     p.host("setup: upload", symbols / d.H2D_BPS + 16 * words / d.H2D_BPS, symbols + 16 * words)
     p.charge("setup: build_links", math.ceil(math.log2(max(words, 2))) * l2 + hbm, 17 * symbols + 4 * symbols)
-    last_ncand = None
     last_tokbytes = 256
     for e in trace:
         kind = e["event"]
-        if kind == "step":
+        if kind == "batch":
+            p.launches += e["launches"]
+            t = p.terms.setdefault("graph node gaps (every launch replayed)", Term())
+            t.launches += e["launches"]
+            t.seconds += e["launches"] * d.GAP_S
+            t.gap_s += e["launches"] * d.GAP_S
+        elif kind == "select":
+            chain, rts = select_chain(e["ncand"], 8)
+            p.launches += 1
+            p.charge("step_select (host-launched, after a host event)", d.LIBCALL_S + chain, 72 * e["ncand"],
+                     gap=False, rts=rts)
+        elif kind == "step":
             p.steps += 1
             p.merges += e["nacc"]
-            ncand, nsel, lists, occ, acc = e["ncand"], e["nsel"], e["lists"], e["occ"], e["acc_occ"]
-            appended = max(0, ncand - last_ncand) if last_ncand is not None else 0
-            last_ncand = ncand
-            # step_select: one block scans the candidate set, sorts blockDim * 4 entries, writes sel
-            rts = 1 + math.ceil(ncand / (d.BLOCK * SELECT_UNROLL)) * 2 + nsel + 1
-            p.charge("step_select", rts * l2 + (2 + sort_stages + red_stages) * bar, 72 * ncand, rts=rts)
-            # step_find: grid-stride over the list entries; runs walked serially
-            rts_h = it(lists) * 2 + it(occ) * 6 + 2 * e["runmax"]
+            lists, occ, acc = e["lists"], e["occ"], e["acc_occ"]
+            # launch A, step_find: grid-stride over the list entries, runs walked up to RUN_WALK members
+            rts_h = it(lists) * 2 + it(occ) * 6 + 2 * e["runmax"]  # a member walked: nxt, then its sym
             rts_l = 1 + it(lists) * 3 + it(occ) * 4
-            p.charge("step_find", rts_h * hbm + rts_l * l2, 36 * lists + 420 * occ, hot=occ, rts=rts_h + rts_l)
-            # step_decide: the block stages sel (sel, then tlen/toff), thread 0 walks
-            # shared memory and writes, the block copies the new bytes one per thread
+            # its last block: the long runs (per round: sym and wrd, then the
+            # successor's symbol; a min-reduction and a scan over the block),
+            # then the decision (stage sel, thread 0 walks shared memory, the
+            # block copies the new bytes one per thread)
+            # the trace's rounds are of the block it ran with (cuda-sim: 32 threads):
+            # the device's block scans B * RUN_UNROLL slots a round, at least one per run
+            rounds = e["runrounds"]
+            if rounds:
+                rounds = max(min(e["nlong"], rounds), math.ceil(rounds * e.get("block", B) / B))
             nbytes = e["tokbytes"] - last_tokbytes
             last_tokbytes = e["tokbytes"]
-            rts = 1 + 2 + 1 + math.ceil(nbytes / d.BLOCK) * 2
-            p.charge("step_decide", rts * l2 + 3 * bar, 256 + 64 * e["nacc"] + 2 * nbytes, rts=rts)
-            # step_update: every found occurrence read, accepted ones update five pairs
-            rts_h = 1 + it(occ) * 2 + it(acc) * 4
-            rts_l = it(acc) * 8
-            p.charge("step_update", rts_h * hbm + rts_l * l2, 36 * occ + 600 * acc, hot=acc + 2 * e["nnew"],
-                     rts=rts_h + rts_l)
-            # step_apply: scratch cleared, symbols rewritten, new pairs to the candidate set
-            rts_h = it(occ) + it(acc) * 3
-            rts_l = 1 + it(e["sused"]) + it(e["nnew"]) * 2
-            p.charge("step_apply", rts_h * hbm + rts_l * l2,
-                     36 * occ + 320 * acc + 40 * e["nnew"] + 40 * e["sused"], hot=appended, rts=rts_h + rts_l)
+            dec_rts = 1 + 2 + 1 + math.ceil(nbytes / B) * 2
+            long_s = rounds * (3 * hbm + (3 * lg + 2) * bar) + e["nlong"] * 6 * l2
+            chain = rts_h * hbm + rts_l * l2 + arrive + long_s + dec_rts * l2 + 3 * bar
+            scanned = rounds * B * RUN_UNROLL
+            p.charge("step_find (A: occurrences; last block: long runs, decision)", chain,
+                     36 * lists + 420 * occ + 8 * scanned + 256 + 64 * e["nacc"] + 2 * nbytes, hot=occ,
+                     gap=False, rts=rts_h + rts_l + 3 * rounds + dec_rts)
+            p.run_depth_walk += 2 * e["runmax"] + 3 * rounds
+            p.run_depth_before += 2 * max(e["runmax"], e["longmax"])
+            # launch B, step_merge: scratch cleared, every found occurrence read,
+            # accepted ones update five pairs and rewrite the links
+            rts_h = it(occ) * 2 + it(acc) * 5
+            rts_l = 1 + it(e["sused"]) + it(acc) * 8
+            sel_s, sel_rts = select_chain(e["ncand"], e["next_nsel"]) if e["ncand"] else (0.0, 0)
+            app_rts = math.ceil(e["nnew"] / B) * 2 + 1
+            chain = rts_h * hbm + rts_l * l2 + arrive + app_rts * l2 + sel_s
+            p.charge("step_merge (B: counts, rewrite; last block: candidate set, next selection)", chain,
+                     40 * e["sused"] + 36 * occ + 920 * acc + 40 * e["nnew"] + 72 * e["ncand"],
+                     hot=acc + 2 * e["nnew"] + e["appended"], gap=False, rts=rts_h + rts_l + app_rts + sel_rts)
         elif kind == "readback":
             p.readbacks += 1
             p.host("host: graph launch + read-back per batch", d.GRAPH_LAUNCH_S + d.READBACK_S)
@@ -173,7 +210,6 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
             # where, max, nonzero, a copy: library calls over the table, two host syncs
             p.host("refill: candidate set from a table scan",
                    4 * d.LIBCALL_S + 2 * d.READBACK_S + 3 * 16 * cap / d.copy_bps, 48 * cap)
-            last_ncand = e["cand"]
         elif kind == "count_pairs":
             n, cap = e["n"], e["cap"]
             p.host("rebuild: table recount",
@@ -182,7 +218,7 @@ def project(trace: list[dict], device: Device, *, symbols: int, words: int, ntok
         elif kind == "compact":
             n = e["n"]
             # mark, cumsum, scatter, argsort (radix: ~8 passes of 8-byte keys), searchsorted, copies
-            moved = n * (28 + 16 + 60) + n * 8 * 2 * 8 + 16 * ntok
+            moved = n * (32 + 16 + 60) + n * 8 * 2 * 8 + 16 * ntok
             p.host("compact: positions and pool", 12 * d.LIBCALL_S + 4 * d.READBACK_S + moved / d.copy_bps, moved)
     return p
 
@@ -196,3 +232,11 @@ def report(p: Projection) -> list[str]:
                     f"{t.bandwidth_bound:,} | {t.bytes / 1e9:.2f} |")
     rows.append(f"| **total** | | **{p.total:.4f}** | | | | |")
     return rows
+
+
+def run_depth_line(p: Projection) -> str:
+    """The runs' serial part: as scheduled, against every run walked by its first member."""
+    d = p.device
+    return (f"runs' serial part: {p.run_depth_walk:,} dependent round trips as scheduled "
+            f"({p.run_depth_walk * d.RT_HBM_S:.4f} s at {d.RT_HBM_S * 1e6:.1f} us), against "
+            f"{p.run_depth_before:,} ({p.run_depth_before * d.RT_HBM_S:.4f} s) with every run walked by its first member")

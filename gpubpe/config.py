@@ -81,11 +81,12 @@ ENCODE_STOP_SECONDS = 2.0
 # not yet checked on a device: scripts/gpu_check.sh is where to correct it.
 AUTO_CUDA_MIN_SYMBOLS = 5_000_000
 # Steps launched per read-back of the status (a step is 1 to
-# CUDA_STEP_CANDIDATES merges; 31,743 merges take about 2,000 steps on a 400 MB
-# corpus). One CUDA graph holds a batch; the device stops by itself at the
-# last merge, so the cost of a large batch is only no-op launches at the end
-# or after a halt (about 1.5 us each), against a read-back (~20 us) saved.
-CUDA_STEP_BATCH = 64
+# CUDA_STEP_CANDIDATES merges in two launches; 31,743 merges take about 2,000
+# steps on a 400 MB corpus). One CUDA graph holds a batch; the device stops by
+# itself at the last merge, so the cost of a large batch is only no-op launches
+# at the end or after a halt (about 1.5 us each), against a read-back (~20 us)
+# saved. 256 steps make at least 256 merges per read-back unless the run halts.
+CUDA_STEP_BATCH = 256
 # The most candidates one step considers (kernels/step.cu: at most block * 4),
 # and how many the first step takes; later steps take 2 * (last step's merges) + 2.
 CUDA_STEP_CANDIDATES = 64
@@ -94,6 +95,17 @@ CUDA_STEP_FIRST_WANT = 8
 # past CUDA_SCRATCH_MAX_LOAD of it a step falls back to one merge (exact, slower).
 CUDA_SCRATCH_BITS = 18
 CUDA_SCRATCH_MAX_LOAD = 0.5
+# A run of equal symbols is walked by its first member's thread up to
+# CUDA_RUN_WALK members (dependent steps); the rest of a longer one goes to the
+# last block of the launch, which scans it 1,024 slots a round (a few us). At
+# most CUDA_LONG_RUNS runs a step take that path, one after the other in that
+# block; the others are walked to the end, in parallel.
+CUDA_RUN_WALK = 32
+CUDA_LONG_RUNS = 256
+# Blocks of 256 threads per SM in the step launches: their grid-stride loops
+# are chains of dependent loads, so more threads in flight mean fewer rounds.
+# 4 (1,024 threads an SM) stays resident up to 64 registers a thread.
+CUDA_STEP_BLOCKS_PER_SM = 4
 # The candidate set holds every pair with count >= CUDA_CAND_FRACTION times the
 # best count at the last refill (a full scan of the table, when nothing at or
 # above that threshold is left); its array has room for at least CUDA_CAND_MIN.

@@ -16,7 +16,7 @@ typedef unsigned long long u64;
 // change per step (candidates, occurrences, new pairs) live here, so every
 // launch has fixed arguments and one CUDA graph serves the whole run.
 #define ST_DONE 0        // merges done so far (the next merge's index)
-#define ST_HALT 1        // 0 running, else one of HALT_*; set only by step_select / step_decide
+#define ST_HALT 1        // 0 running, else one of HALT_*; set by the step's selection and decision (step.cu)
 #define ST_OCC 2         // occurrences step_find found this step (all selected candidates)
 #define ST_LISTS 3       // list entries step_find scans this step (sum over the selected candidates)
 #define ST_POOL_USED 4   // position-pool entries in use
@@ -24,7 +24,7 @@ typedef unsigned long long u64;
 #define ST_USED 6        // pair-table slots holding a key
 #define ST_TOKBYTES 7    // bytes used in the token byte buffer
 #define ST_NSEL 8        // candidates selected this step (step_select)
-#define ST_NACC 9        // candidates accepted this step (step_decide): merges done = the first NACC
+#define ST_NACC 9        // candidates accepted this step (the decision): merges done = the first NACC
 #define ST_DROPPED 10    // weighted symbols of words dropped by compaction (for the token total)
 #define ST_MKBASE 11     // mk[q] == MKBASE + k marks q as an occurrence of selected candidate k
 #define ST_ERR 12        // detail for HALT_INTERNAL
@@ -38,7 +38,11 @@ typedef unsigned long long u64;
 #define ST_CFULL 20      // 1: cand overflowed (halts at the next select: the host refills)
 #define ST_SFULL 21      // 1: the scratch table overflowed this step (the step accepts one merge)
 #define ST_STEPS 22      // steps done
-#define ST_RUNMAX 23     // the longest run of equal symbols step_find walked this step (its serial part)
+#define ST_RUNMAX 23     // the most run members one step_find thread walked this step (its serial part)
+#define ST_ARRIVED 24    // blocks of the launch in flight done with their grid part (the last one resets it)
+#define ST_NLONG 25      // runs step_find handed to its last block this step (may exceed the record capacity)
+#define ST_RUNROUNDS 26  // rounds of the last block's run scan this step (its serial part)
+#define ST_LONGMAX 27    // the longest run the last block scanned this step
 #define ST_SIZE 32
 
 #define HALT_NO_PAIR 1   // no pair has a positive count: training stops early
@@ -59,13 +63,15 @@ typedef unsigned long long u64;
 #define SEL_PRE 4        // exclusive prefix of the list lengths (step_find's index space)
 #define SEL_MAXC 5       // largest count of a pair this merge alone would create
 #define SEL_NOCC 6       // its occurrences
-#define SEL_FILL 7       // occurrences written to its pool list so far (step_update)
+#define SEL_FILL 7       // occurrences written to its pool list so far (step_merge)
 #define SEL_TOK 8        // the new token's id, for accepted candidates
 #define SEL_POOL 9       // where list(new token) starts in the pool, for accepted candidates
 #define SEL_FIELDS 10
 #define SELECT_UNROLL 8  // candidate-set entries a step_select thread loads per round
-#define DECIDE_MAX 256   // step_decide stages this many candidates in shared memory (kmax <= it)
+#define DECIDE_MAX 256   // the decision stages this many candidates in shared memory (kmax <= it)
 #define SELECT_LOCAL 4   // candidates each step_select thread keeps: the block sorts blockDim * 4 (kmax <= that)
+#define RUN_UNROLL 4     // slots each thread of the run scan reads per round (step.cu, long runs)
+#define LRUN_FIELDS 4    // a long-run record: continuation position, candidate, occurrences so far, left neighbour
 
 #define EMPTY_KEY 0xFFFFFFFFFFFFFFFFull
 #define MAX_BLOCK 256    // __shared__ arrays are sized for this; blockDim.x must be a power of 2 <= it
@@ -83,6 +89,12 @@ __device__ __forceinline__ u64 pair_slot(u64 key, int bits) {
     return (key * 0x9E3779B97F4A7C15ull) >> (64 - bits);
 }
 
+// A load that sees what other blocks of the same launch wrote before they
+// arrived (the last-block pattern of step.cu): volatile bypasses the L1 cache,
+// which is not coherent across SMs. Launch boundaries need none of this.
+__device__ __forceinline__ long long fresh(const long long* p) { return *(const volatile long long*)p; }
+__device__ __forceinline__ u64 fresh_u64(const u64* p) { return *(const volatile u64*)p; }
+
 __device__ __forceinline__ void set_halt(long long* st, long long code) {
     atomicCAS((u64*)&st[ST_HALT], 0ull, (u64)code);
 }
@@ -92,10 +104,10 @@ __device__ __forceinline__ void set_halt(long long* st, long long code) {
 // count 0 until the host rebuilds the table). Crossing `used_limit` occupied
 // slots halts the loop with HALT_TABLE so probe chains stay short; the
 // insertion itself still completes. In a step (newslots != nullptr) the halt
-// waits for the next step_select (ST_TFULL): the step in flight must still be
+// waits for the next selection (ST_TFULL): the step in flight must still be
 // applied, and the host's recount then starts from its result; every inserted
 // slot is listed in newslots (a new pair's count is final within its step, so
-// step_apply can decide then whether it joins the candidate set).
+// step_merge's last block can decide then whether it joins the candidate set).
 __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_limit,
                           u64 key, long long w, long long* st, long long* newslots) {
     u64 mask = (1ull << bits) - 1ull;
@@ -127,12 +139,13 @@ __device__ void table_add(u64* keys, long long* cnt, int bits, long long used_li
     else set_halt(st, HALT_TABLE);
 }
 
-// The slot holding `key`, or -1 when the table has none.
+// The slot holding `key`, or -1 when the table has none (fresh loads: the
+// last block of step_merge asks while other blocks' insertions are recent).
 __device__ long long table_find(const u64* keys, int bits, u64 key) {
     u64 mask = (1ull << bits) - 1ull;
     u64 s = pair_slot(key, bits);
     for (u64 probe = 0; probe <= mask; ++probe) {
-        u64 k = keys[s];
+        u64 k = fresh_u64(&keys[s]);
         if (k == key) return (long long)s;
         if (k == EMPTY_KEY) return -1;
         s = (s + 1ull) & mask;

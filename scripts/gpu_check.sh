@@ -82,6 +82,7 @@ from gpubpe.wordtable import WordTable
 data = open("tests/fixtures/corpus.en", "rb").read()
 table = WordTable.from_counts(Counter(reference_pretokens(data, ["<|endoftext|>"])))
 cuda.STEP_BATCH = 4  # several batches, graph capture and replay included
+cuda.RUN_WALK = 2  # runs of more than 2 members go to step_find's last block (its scan checked too)
 merges, _, _ = backends.get("cuda")(table, 300, np.zeros(1, np.int64))
 ref, _, _ = backends._cpu("python")(table, 300, np.zeros(1, np.int64))
 assert merges.tolist() == ref.tolist(), "merges differ from the CPU backend"

@@ -9,7 +9,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from gpubpe import backends
@@ -160,10 +160,12 @@ FORCED_STEPS = [
     {b"xaabby": 9, b"aa": 4, b"bb": 3, b"xy": 1},     # two runs: (a,a) and (b,b) side by side
     {b"aaabbb": 7, b"aabb": 5, b"pqaa": 2},           # odd runs next to each other
     {b"abcdef": 9, b"ab": 5, b"cd": 4, b"ef": 3, b"abcdefabcdef": 1},  # three merges in a row
+    {b"xabcdabcdy": 7, b"ab": 2, b"cd": 1, b"xy": 1},  # t u t u: each occurrence's both neighbours merge
+    {b"aaaabbbbcc": 6, b"aa": 2, b"bb": 1, b"cc": 1},  # three runs side by side, even lengths
 ]
 
 
-@pytest.mark.parametrize("words", FORCED_STEPS, ids=["abcd", "aabb", "aaabbb", "abcdef"])
+@pytest.mark.parametrize("words", FORCED_STEPS, ids=["abcd", "aabb", "aaabbb", "abcdef", "abcdabcd", "aabbcc"])
 def test_multi_merge_steps_match_oracle(cuda_mod, words):
     table = WordTable.from_counts(words)
     trace = []
@@ -188,3 +190,104 @@ def test_steps_on_corpus_en_match_the_pure_rule(cuda_mod):
     ref, ref_sizes = S.train_in_steps(counts, 150)
     assert as_bytes(table, merges) == ref
     assert len(sizes) < len(merges) // 2 and max(sizes) >= 3
+
+
+def test_a_step_is_two_launches(cuda_mod, monkeypatch):
+    """Every launch through the launcher, counted: a batch is STEP_BATCH x
+    (step_find, step_merge) and nothing else; step_select runs alone only
+    before the first batch and after the host changed something."""
+    monkeypatch.setattr(cuda_mod, "STEP_BATCH", 4)
+    words = {b"xabcdy": 10, b"ab": 3, b"cd": 2, b"the cat sat": 5, b"a" * 40: 2, b"abababab": 3}
+    table = WordTable.from_counts(words)
+    dev = cuda_mod._Dev(True)
+    seq = []
+    inner = dev.launcher.launch
+    monkeypatch.setattr(dev.launcher, "launch", lambda sig, *a: (seq.append(sig.name), inner(sig, *a))[1])
+    loop = cuda_mod._Loop(dev, table, 30, trace=[])
+    real_batch = loop._launch_batch
+    monkeypatch.setattr(loop, "_launch_batch", lambda: (seq.append("|batch"), real_batch(), seq.append("batch|")))
+    merges, _, _ = loop.run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, 30)
+    batches, outside, i = [], [], 0
+    while i < len(seq):
+        if seq[i] == "|batch":
+            j = seq.index("batch|", i)
+            batches.append(seq[i + 1: j])
+            i = j + 1
+        else:
+            outside.append(seq[i])
+            i += 1
+    assert batches and all(b == ["step_find", "step_merge"] * 4 for b in batches)
+    steps = [e for e in loop.trace if e["event"] == "step"]
+    assert sum(e["nacc"] for e in steps) == len(merges) and len(steps) <= 4 * len(batches)
+    assert max(e["nacc"] for e in steps) >= 2
+    # outside the batches: the host's own kernels and one selection per host intervention
+    assert set(outside) <= {"build_links", "count_pairs", "compact_mark", "compact_scatter", "step_select"}
+    assert outside.count("step_select") == sum(1 for e in loop.trace if e["event"] == "select") >= 1
+    assert outside.count("step_select") <= len(batches)
+
+
+# Runs long enough for step_find's last block (RUN_WALK members walked, the
+# rest scanned block-wide), few enough records that the others are walked.
+RUN_KNOBS = [dict(RUN_WALK=0), dict(RUN_WALK=2, LONG_RUNS=1), dict(RUN_WALK=4, LONG_RUNS=2, STEP_BATCH=3),
+             dict(RUN_WALK=0, COMPACT_FRACTION=0.0, STEP_BATCH=1)]
+
+
+@pytest.mark.parametrize("knobs", RUN_KNOBS, ids=["all-scanned", "one-record", "two-records", "compact-each-batch"])
+@settings(max_examples=max_examples(20), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_long_runs_match_oracle(cuda_mod, monkeypatch, knobs, data):
+    """Runs of equal symbols of every length and parity, next to each other and
+    to other merges (a a a b b b, x a a a y), and runs of merged tokens (a^n
+    after (a, a) then (aa, aa)): only even offsets from a run start merge."""
+    for k, v in knobs.items():
+        monkeypatch.setattr(cuda_mod, k, v)
+    unit = st.tuples(st.sampled_from(b"aabxy"), st.integers(1, 300)).map(lambda t: bytes([t[0]]) * t[1])
+    words = data.draw(st.dictionaries(st.lists(unit, min_size=1, max_size=4).map(b"".join), st.integers(1, 9),
+                                      min_size=1, max_size=6))
+    n = data.draw(st.integers(1, 40))
+    table = WordTable.from_counts(words)
+    trace = []
+    merges, _, ntokens = cuda_mod._Loop(cuda_mod._Dev(True), table, n, trace=trace).run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, n)
+    assert ntokens == cpu_run(table, n)[1]
+    if any(e.get("nlong") for e in trace):
+        event("a run scanned by step_find's last block")
+
+
+def test_a_long_run_is_scanned_not_walked(cuda_mod, monkeypatch):
+    """One pre-token of 20,000 equal bytes (a test-sized 10^6): the oracle's
+    merges, and per step a serial part of at most RUN_WALK walked members plus
+    the block's rounds (block x RUN_UNROLL slots each), not the run's length."""
+    monkeypatch.setattr(cuda_mod, "RUN_WALK", 16)
+    words = {b"a" * 20000: 1, b"ab": 3, b"b" * 301: 2}
+    table = WordTable.from_counts(words)
+    trace = []
+    dev = cuda_mod._Dev(True)
+    merges, _, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, 20)
+    assert ntokens == cpu_run(table, 20)[1]
+    steps = [e for e in trace if e["event"] == "step"]
+    per_round = dev.block * K.RUN_UNROLL
+    assert max(e["longmax"] for e in steps) == 20000  # the whole run was handled by the scan in the first step
+    for e in steps:
+        assert e["runmax"] <= 16 + 2
+        assert e["runrounds"] <= sum(-(-L // per_round) + 1 for L in (20000, 301))
+    assert sum(e["runrounds"] for e in steps) < 20000 // 8
+
+
+@settings(max_examples=max_examples(30), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # the module fixture holds no state
+@given(words=st.dictionaries(st.lists(st.sampled_from([b"ab", b"cd", b"ef", b"gg", b"x", b"bc", b"aa"]), min_size=1,
+                                      max_size=8).map(b"".join), st.integers(1, 60), min_size=1, max_size=8),
+       n=st.integers(1, 30))
+def test_adjacent_merges_of_one_step_match_oracle(cuda_mod, words, n):
+    """Words built of units of disjoint pairs (x ab cd ef y, gg, aa): occurrences
+    of different merges of one step sit side by side."""
+    table = WordTable.from_counts(words)
+    trace = []
+    merges, _, ntokens = cuda_mod._Loop(cuda_mod._Dev(True), table, n, trace=trace).run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, n)
+    assert ntokens == cpu_run(table, n)[1]
+    event(f"largest step: {min(max((e['nacc'] for e in trace if e['event'] == 'step'), default=0), 4)}")

@@ -131,7 +131,7 @@ def test_status_layout_matches_common_cuh():
     for name, value in defined.items():
         assert getattr(K, name) == int(value), name
     assert int(re.search(r"#define MAX_BLOCK (\d+)", src).group(1)) == K.MAX_BLOCK
-    for name in ("SELECT_LOCAL", "SELECT_UNROLL", "DECIDE_MAX"):
+    for name in ("SELECT_LOCAL", "SELECT_UNROLL", "DECIDE_MAX", "RUN_UNROLL", "LRUN_FIELDS"):
         assert int(re.search(rf"#define {name} (\d+)", src).group(1)) == getattr(K, name), name
 
 
@@ -331,12 +331,17 @@ step_words = st.one_of(
 
 
 @settings(max_examples=max_examples(60), deadline=None)
-@given(words=step_words, seed=st.integers(0, 2**32), geo=geometry, tok_room=st.sampled_from([64, 2, 1]))
-def test_one_step(env, words, seed, geo, tok_room):
-    """select, find, decide, update, apply on a word state with removed slots:
-    the merges accepted are those of gpubpe.backends.steps from the same state,
-    the words are merged, the table holds the new pair counts, the new pairs at
-    or above the threshold joined the candidate set, the scratch is clean."""
+@given(words=step_words, seed=st.integers(0, 2**32), geo=geometry, tok_room=st.sampled_from([64, 2, 1]),
+       run_walk=st.sampled_from([0, 2, 1000]), lruns=st.sampled_from([1, 2, 64]))
+def test_one_step(env, words, seed, geo, tok_room, run_walk, lruns):
+    """select, then the step's two launches (find + decide, merge + the next
+    selection) on a word state with removed slots: the merges accepted are
+    those of gpubpe.backends.steps from the same state, the words are merged,
+    the table holds the new pair counts, the new pairs at or above the
+    threshold joined the candidate set, the scratch is clean, and the next
+    step's candidates are the true ranking of the new counts. run_walk 0 or 2
+    hands every run (longer than 2) to step_find's last block; lruns 1 or 2
+    records leave the other runs to be walked."""
     from gpubpe.backends import steps
 
     rng = random.Random(seed)
@@ -363,7 +368,8 @@ def test_one_step(env, words, seed, geo, tok_room):
     bits = 9
     d = {k_: env.put(v) for k_, v in dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=counts, pool=pool,
                                            list_start=list_start, list_len=list_len,
-                                           mk=np.full(n, -1, np.int32), occ=np.full(n, -3, np.int32)).items()}
+                                           mk=np.full(n, -1, np.int32), mkr=np.full(n, -1, np.int32),
+                                           occ=np.full(n, -3, np.int32)).items()}
     keys, cnt = new_table(env, bits)
     thresh = rng.choice([1, 2, 3])
     s = env.put(status(TOKBYTES=sum(map(len, toks)), LIMIT=done + rng.choice([1, 3, 100]), DONE=done,
@@ -384,27 +390,29 @@ def test_one_step(env, words, seed, geo, tok_room):
     skeys, scnt = new_table(env, 8)
     sused = env.put(np.full(128, -5, np.int64))
     newslots = env.put(np.full(1 << bits, -5, np.int64))
+    lrun = env.put(np.full(K.LRUN_FIELDS * lruns, -9, np.int64))
     k = env.k
+    ties = no_ties_options(env)
     k.step_select(block=blk, keys=keys, cnt=cnt, bits=bits, tb=tb, toff=toff, tlen=tlen, max_len=0, cand=cand,
-                  **no_ties_options(env),
-                  list_start=d["list_start"], list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
+                  **ties, list_start=d["list_start"], list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
     if not before or max(before.values()) < thresh:
         assert env.get(s)[K.ST_HALT] == K.HALT_REFILL
         return
-    k.step_find(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], wrd=d["wrd"], counts=d["counts"],
-                mk=d["mk"], pool=d["pool"], occ=d["occ"], sel=sel, kmax=kmax, skeys=skeys, scnt=scnt, sbits=8,
-                sused=sused, st=s)
     mcount = env.put(np.full(done + KMAX + 1, -9, np.int64))
-    k.step_decide(block=blk, tb=tb, toff=toff, tlen=tlen, merges=merges, mcount=mcount, min_count=0, nforced=0,
-                  list_start=d["list_start"],
-                  list_len=d["list_len"], sel=sel, kmax=kmax, st=s)
+    k.step_find(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], wrd=d["wrd"], counts=d["counts"],
+                mk=d["mk"], mkr=d["mkr"], pool=d["pool"], occ=d["occ"], sel=sel, kmax=kmax, skeys=skeys, scnt=scnt,
+                sbits=8, sused=sused, lrun=lrun, run_walk=run_walk, tb=tb, toff=toff, tlen=tlen, merges=merges,
+                mcount=mcount, min_count=0, nforced=0, list_start=d["list_start"], list_len=d["list_len"], st=s)
     stt = env.get(s)
+    assert stt[K.ST_ARRIVED] == 0  # the last block reset the counter for the next launch
     if tok_room < 2:  # no room for even one token's bytes
         assert stt[K.ST_HALT] == K.HALT_TOKBUF
         return
     assert stt[K.ST_HALT] == 0
     nsel, nacc = int(stt[K.ST_NSEL]), int(stt[K.ST_NACC])
     event(f"merges in the step: {min(nacc, 3)}{'+' if nacc >= 3 else ''}")
+    if stt[K.ST_NLONG]:
+        event("a run scanned by the last block")
     # the same step by the pure rule, from the same state, the same candidates
     live_words = {}
     for q in range(n):  # weights per live sequence
@@ -425,13 +433,12 @@ def test_one_step(env, words, seed, geo, tok_room):
     assert got == [list(p) for p, _ in expect]
     assert env.get(mcount)[done: done + nacc].tolist() == [c for _, c in expect]
     assert stt[K.ST_DONE] == done + nacc
-    k.step_update(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], wrd=d["wrd"],
-                  counts=d["counts"], occ=d["occ"], pool=d["pool"], sel=sel, kmax=kmax, keys=keys, cnt=cnt, bits=bits,
-                  used_limit=1 << bits, newslots=newslots, st=s)
-    k.step_apply(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], occ=d["occ"], sel=sel,
-                 kmax=kmax, cnt=cnt, newslots=newslots, cand=cand, skeys=skeys, scnt=scnt, sused=sused, st=s)
+    k.step_merge(grid=g, block=blk, sym=d["sym"], nxt=d["nxt"], prv=d["prv"], mk=d["mk"], mkr=d["mkr"], wrd=d["wrd"],
+                 counts=d["counts"], occ=d["occ"], pool=d["pool"], sel=sel, kmax=kmax, keys=keys, cnt=cnt, bits=bits,
+                 used_limit=1 << bits, newslots=newslots, skeys=skeys, scnt=scnt, sused=sused, tb=tb, toff=toff,
+                 tlen=tlen, **ties, max_len=0, cand=cand, list_start=d["list_start"], list_len=d["list_len"], st=s)
     stt = env.get(s)
-    assert stt[K.ST_HALT] == 0 and stt[K.ST_TFULL] == 0
+    assert stt[K.ST_TFULL] == 0 and stt[K.ST_ARRIVED] == 0
     # the words: each accepted merge applied in turn (token-disjoint: any order)
     new_words = {}
     for wd, c in live_words.items():
@@ -465,6 +472,22 @@ def test_one_step(env, words, seed, geo, tok_room):
         t = 256 + done + i
         assert sorted(pl[ls[t]: ls[t] + ll[t]].tolist()) == sorted(q for q in range(n) if s2[q] == t)
         assert tbh[to[t]: to[t] + tl[t]].tobytes() == toks[p[0]] + toks[p[1]]
+    # the next step's selection, made by step_merge's last block
+    if stt[K.ST_DONE] >= stt[K.ST_LIMIT]:
+        assert stt[K.ST_HALT] == K.HALT_LIMIT
+        return
+    toks2 = toks + [toks[p[0]] + toks[p[1]] for p, _ in expect]
+    live = sorted([(v, k_) for k_, v in after.items() if v >= thresh], key=py_rank(toks2), reverse=True)
+    if not live:
+        assert stt[K.ST_HALT] == K.HALT_REFILL
+        return
+    assert stt[K.ST_HALT] == 0
+    n_next = int(stt[K.ST_NSEL])
+    assert 1 <= n_next <= min(2 * nacc + 2, kmax)
+    nxt_sel = env.get(sel).reshape(K.SEL_FIELDS, kmax)
+    assert [(int(c), int(k_) & (2**64 - 1)) for c, k_ in zip(nxt_sel[K.SEL_CNT, :n_next],
+                                                              nxt_sel[K.SEL_KEY, :n_next])] == live[:n_next]
+    assert stt[K.ST_MKBASE] == env.get(s)[K.ST_MKBASE] and stt[K.ST_OCC] == 0 and stt[K.ST_SUSED] == 0
 
 
 # --- compact.cu --------------------------------------------------------------------

@@ -213,3 +213,29 @@ def test_bench_merge_runs_and_engines_agree(tmp_path, ties):
     corpus = ROOT / "tests" / "fixtures" / "corpus.en"
     assert BM.main(["--corpus", str(corpus), "--vocab-size", "400", "--engines", "numba,python", "--repeats", "1",
                     "--ties", ties, "--cache-dir", str(tmp_path)]) == 0
+
+
+def test_cost_model_counts_the_two_launch_schedule():
+    """The model charges the schedule the driver ran: every replayed graph node
+    (two launches a step, STEP_BATCH steps a batch, no-ops after a halt
+    included) plus each host-launched selection; and on a test-sized
+    pathological run (20,000 equal bytes in one pre-token) the runs' serial
+    part as scheduled is a small fraction of walking each run whole."""
+    import numpy as np
+
+    import cost_model as M
+    from gpubpe.backends import cuda
+    from gpubpe.wordtable import WordTable
+
+    table = WordTable.from_counts({b"a" * 20000: 1, b"the cat sat": 5, b"xabcdy": 4, b"ab": 2})
+    trace = []
+    merges, _, _ = cuda._Loop(cuda._Dev(True), table, 40, trace=trace).run(np.zeros(1, np.int64))
+    p = M.project(trace, M.H200, symbols=int(table.symbols.shape[0]), words=table.num_words, ntok=256 + 40)
+    batches = [e for e in trace if e["event"] == "batch"]
+    selects = [e for e in trace if e["event"] == "select"]
+    assert batches and all(e["launches"] == 2 * cuda.STEP_BATCH for e in batches)
+    assert p.launches == 2 * cuda.STEP_BATCH * len(batches) + len(selects)
+    assert p.terms["graph node gaps (every launch replayed)"].launches == 2 * cuda.STEP_BATCH * len(batches)
+    assert p.merges == len(merges) and p.steps == sum(1 for e in trace if e["event"] == "step")
+    assert p.run_depth_before >= 2 * 20000 > 10 * p.run_depth_walk
+    assert "dependent round trips" in M.run_depth_line(p)

@@ -24,7 +24,7 @@ the sequential run.
 
 This module is the rule in plain Python, written against an abstract rank (a
 key function, higher ranks above), so the CUDA kernels (kernels/step.cu,
-``step_decide``) and any CPU loop can be checked against it, and a tie mode
+``decide`` in ``step_find``) and any CPU loop can be checked against it, and a tie mode
 only changes the key. :func:`train_in_steps` is a slow full-recount trainer
 built on it, for tests.
 """

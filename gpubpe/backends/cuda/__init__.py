@@ -12,21 +12,29 @@ Device state (positions are int32; a WordTable over 2^31 - 1 symbols is refused)
   live position in the word (-1 at the ends), word index; ``counts`` per word.
 * the pair table  ``keys`` u64 / ``cnt`` int64, open addressing (pair_table.cu).
 * the position pool  ``pool`` int32 with ``list_start`` / ``list_len`` per token:
-  where each token was created (step_decide), so a merge scans only list(a).
+  where each token was created (the decision in step_find), so a merge scans only list(a).
 * token bytes  ``tb``, ``toff``, ``tlen`` for the CS336 tie rule; ``rank``
   for the id-order rules (gpubpe.ties); ``forced``, the merges replayed first.
 * the candidate set ``cand``: the pair-table slots at or above ``st[THRESH]``.
 * ``st`` int64[32]  the run status (kernels/common.cuh).
 
-One exact multi-merge step (DESIGN §1.4, gpubpe/backends/steps.py) is five
-launches (kernels/step.cu): step_select, step_find, step_decide (commits the
-step's merges on the device), step_update, step_apply. The host never reads
-anything per step: it launches a batch of steps (captured once as a CUDA graph
-on a device) and reads ``st`` back after the batch. The kernels are no-ops
-once ``st[HALT]`` is set, so a batch may overrun the end (no pair left, the
-merge limit, min_count) or a full table, candidate set or token buffer; the
-host then rebuilds, refills or grows that buffer and goes on. Between batches
-it also compacts the positions when enough died.
+One exact multi-merge step (DESIGN §1.4, gpubpe/backends/steps.py) is two
+launches (kernels/step.cu): step_find (occurrences; its last block decides the
+step and commits its merges on the device) and step_merge (pair counts and
+the rewrite; its last block updates the candidate set and selects the next
+step). The host never reads anything per step: it launches a batch of steps
+(captured once as a CUDA graph on a device) and reads ``st`` back after the
+batch. The kernels are no-ops once ``st[HALT]`` is set, so a batch may overrun
+the end (no pair left, the merge limit, min_count) or a full table, candidate
+set or token buffer; the host then rebuilds, refills or grows that buffer and
+goes on. Between batches it also compacts the positions when enough died.
+After anything the host changed, the selection step_merge made is stale: the
+host launches step_select (one block) once before the next batch.
+
+Runs of equal symbols: a run's first member walks it (dependent steps) up to
+config.CUDA_RUN_WALK members and hands the rest to step_find's last block,
+which scans it a block-wide round at a time; a pre-token of 10^6 equal bytes
+is ~1,000 rounds per step that touches it, not 10^6 dependent loads.
 """
 
 from __future__ import annotations
@@ -43,6 +51,8 @@ from . import kernels as K
 STEP_BATCH = config.CUDA_STEP_BATCH
 STEP_CANDIDATES = config.CUDA_STEP_CANDIDATES
 STEP_FIRST_WANT = config.CUDA_STEP_FIRST_WANT
+RUN_WALK = config.CUDA_RUN_WALK
+LONG_RUNS = config.CUDA_LONG_RUNS
 SCRATCH_BITS = config.CUDA_SCRATCH_BITS
 SCRATCH_MAX_LOAD = config.CUDA_SCRATCH_MAX_LOAD
 CAND_FRACTION = config.CUDA_CAND_FRACTION
@@ -81,7 +91,7 @@ class _Dev:
             self.launcher.load_all()
             self.xp = cupy
             self.block = 256
-            self.merge_grid = 2 * self.launcher.sm_count
+            self.merge_grid = config.CUDA_STEP_BLOCKS_PER_SM * self.launcher.sm_count
             self.max_parts = 4 * self.launcher.sm_count
         self.k = K.Kernels(self.launcher)
 
@@ -171,6 +181,7 @@ class _Loop:
         self.merges = dev.full(2 * max(num_merges, 1), -1, np.int32)
         self.mcount = dev.full(max(num_merges, 1), 0, np.int64)
         self.sel = dev.full(K.SEL_FIELDS * self.kmax, 0, np.int64)
+        self.lrun = dev.full(K.LRUN_FIELDS * max(1, LONG_RUNS), 0, np.int64)
         scap = 1 << SCRATCH_BITS
         self.sbits = SCRATCH_BITS
         self.skeys = dev.full(scap, K.EMPTY_KEY, np.uint64)
@@ -218,6 +229,7 @@ class _Loop:
             self.n = n2
         n = self.n
         self.mk = dev.full(max(n, 1), -1, np.int32)
+        self.mkr = dev.full(max(n, 1), -1, np.int32)
         self.occ = dev.empty(max(n, 1), np.int32)  # each position starts at most one selected pair
         # the pool: positions grouped by token; then room for one entry per
         # symbol that can still be removed
@@ -309,35 +321,41 @@ class _Loop:
         dev, k = self.dev, self.k
         blk, g, km = dev.block, dev.merge_grid, self.kmax
         return [
-            ("step_select", lambda: k.step_select(
-                block=blk, keys=self.keys, cnt=self.cnt, bits=self.bits, tb=self.tb, toff=self.toff, tlen=self.tlen,
-                rank=self.rank, id_order=self.id_order, forced=self.forced, nforced=self.nforced,
-                max_len=self.max_len, cand=self.cand, list_start=self.list_start, list_len=self.list_len,
-                sel=self.sel, kmax=km, st=self.st)),
             ("step_find", lambda: k.step_find(
                 grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, wrd=self.wrd, counts=self.counts,
-                mk=self.mk, pool=self.pool, occ=self.occ, sel=self.sel, kmax=km, skeys=self.skeys, scnt=self.scnt,
-                sbits=self.sbits, sused=self.sused, st=self.st)),
-            ("step_decide", lambda: k.step_decide(
-                block=blk, tb=self.tb, toff=self.toff, tlen=self.tlen, merges=self.merges, mcount=self.mcount,
-                min_count=self.min_count, nforced=self.nforced, list_start=self.list_start, list_len=self.list_len, sel=self.sel, kmax=km, st=self.st)),
-            ("step_update", lambda: k.step_update(
-                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, wrd=self.wrd,
+                mk=self.mk, mkr=self.mkr, pool=self.pool, occ=self.occ, sel=self.sel, kmax=km, skeys=self.skeys,
+                scnt=self.scnt, sbits=self.sbits, sused=self.sused, lrun=self.lrun, run_walk=RUN_WALK, tb=self.tb,
+                toff=self.toff, tlen=self.tlen, merges=self.merges, mcount=self.mcount, min_count=self.min_count,
+                nforced=self.nforced, list_start=self.list_start, list_len=self.list_len, st=self.st)),
+            ("step_merge", lambda: k.step_merge(
+                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, mkr=self.mkr, wrd=self.wrd,
                 counts=self.counts, occ=self.occ, pool=self.pool, sel=self.sel, kmax=km, keys=self.keys,
-                cnt=self.cnt, bits=self.bits, used_limit=self.used_limit, newslots=self.newslots, st=self.st)),
-            ("step_apply", lambda: k.step_apply(
-                grid=g, block=blk, sym=self.sym, nxt=self.nxt, prv=self.prv, mk=self.mk, occ=self.occ,
-                sel=self.sel, kmax=km, cnt=self.cnt, newslots=self.newslots, cand=self.cand, skeys=self.skeys,
-                scnt=self.scnt, sused=self.sused, st=self.st)),
+                cnt=self.cnt, bits=self.bits, used_limit=self.used_limit, newslots=self.newslots, skeys=self.skeys,
+                scnt=self.scnt, sused=self.sused, tb=self.tb, toff=self.toff, tlen=self.tlen, rank=self.rank,
+                id_order=self.id_order, forced=self.forced, nforced=self.nforced, max_len=self.max_len,
+                cand=self.cand, list_start=self.list_start, list_len=self.list_len, st=self.st)),
         ]
 
+    def _select(self) -> None:
+        """The next step's selection, alone (one block): before the first batch
+        and after the host changed anything it depends on."""
+        k = self.k
+        self._event("select", ncand=int(self._status()[K.ST_NCAND]) if self.trace is not None else 0)
+        k.step_select(block=self.dev.block, keys=self.keys, cnt=self.cnt, bits=self.bits, tb=self.tb,
+                      toff=self.toff, tlen=self.tlen, rank=self.rank, id_order=self.id_order, forced=self.forced,
+                      nforced=self.nforced, max_len=self.max_len, cand=self.cand, list_start=self.list_start,
+                      list_len=self.list_len, sel=self.sel, kmax=self.kmax, st=self.st)
+
     def _launch_batch(self) -> None:
+        self._event("batch", launches=2 * STEP_BATCH)
         if self.dev.sim:
             for _ in range(STEP_BATCH):
-                for _, launch in self.step_launches():
-                    launch()
-                if self.trace is not None:
-                    self._trace_step()
+                find, merge = (launch for _, launch in self.step_launches())
+                find()
+                mid = self._status() if self.trace is not None else None
+                merge()
+                if mid is not None:
+                    self._trace_step(mid)
             return
         # On a device, a batch of steps is captured once as a CUDA graph and
         # replayed until a rebuild reallocates a buffer (graph = None): every
@@ -356,21 +374,33 @@ class _Loop:
             self.graph = graph
         self.graph.launch(stream=stream)
 
-    def _trace_step(self) -> None:
-        """cuda-sim only: the sizes one step worked on, read back after it (the
-        device reads st only per batch; the model counts that, not this)."""
+    def _trace_step(self, mid: np.ndarray) -> None:
+        """cuda-sim only: the sizes one step worked on, read back between and
+        after its launches (the device reads st only per batch; the model
+        counts that, not this). ``mid``: st after step_find."""
         st = self._status()
-        steps = int(st[K.ST_STEPS])
+        steps = int(mid[K.ST_STEPS])
         if steps == getattr(self, "_traced_steps", 0):
-            return  # a no-op step (halted)
+            return  # no step committed: the launches were no-ops (halted), charged as node gaps only
         self._traced_steps = steps
-        nacc = int(st[K.ST_NACC])
-        sel = self.dev.to_host(self.sel).reshape(K.SEL_FIELDS, self.kmax)
-        self.trace.append({"event": "step", "nsel": int(st[K.ST_NSEL]), "nacc": nacc, "lists": int(st[K.ST_LISTS]),
-                           "occ": int(st[K.ST_OCC]), "acc_occ": int(sel[K.SEL_NOCC, :nacc].sum()),
-                           "nnew": int(st[K.ST_NNEW]), "sused": int(st[K.ST_SUSED]), "ncand": int(st[K.ST_NCAND]),
-                           "runmax": int(st[K.ST_RUNMAX]), "tokbytes": int(st[K.ST_TOKBYTES]),
-                           "cap": 1 << self.bits})
+        nacc = int(mid[K.ST_NACC])
+        selected = int(st[K.ST_HALT]) not in (K.HALT_TABLE, K.HALT_CAND, K.HALT_LIMIT)
+        self.trace.append({"event": "step", "nsel": int(mid[K.ST_NSEL]), "nacc": nacc,
+                           "lists": int(mid[K.ST_LISTS]), "occ": int(mid[K.ST_OCC]),
+                           "acc_occ": int(self._acc_occ(mid, nacc)), "sused": int(mid[K.ST_SUSED]),
+                           "runmax": int(mid[K.ST_RUNMAX]), "runrounds": int(mid[K.ST_RUNROUNDS]),
+                           "longmax": int(mid[K.ST_LONGMAX]), "nlong": int(mid[K.ST_NLONG]),
+                           "tokbytes": int(mid[K.ST_TOKBYTES]), "nnew": int(st[K.ST_USED] - mid[K.ST_USED]),
+                           "appended": int(st[K.ST_NCAND] - mid[K.ST_NCAND]),
+                           "ncand": int(st[K.ST_NCAND]) if selected else 0,
+                           "next_nsel": int(st[K.ST_NSEL]) if selected else 0, "cap": 1 << self.bits,
+                           "block": self.dev.block})
+
+    def _acc_occ(self, mid, nacc: int) -> int:
+        """Occurrences the step merged: the new tokens' list lengths."""
+        done = int(mid[K.ST_DONE])
+        ll = self.dev.to_host(self.list_len)
+        return int(ll[256 + done - nacc: 256 + done].sum())
 
     def run(self, progress) -> tuple[np.ndarray, np.ndarray, int]:
         if self.has_pairs or self.nforced:
@@ -382,6 +412,7 @@ class _Loop:
         return merges, self.dev.to_host(self.mcount)[:done].copy(), self._ntokens()
 
     def _loop(self, progress) -> None:
+        self._select()
         while True:
             self._launch_batch()
             st = self._status()
@@ -397,19 +428,25 @@ class _Loop:
                                    f"at merge {int(st[K.ST_DONE])}; please report with the corpus")
             if halt == K.HALT_TOKBUF:
                 self._grow_token_bytes()
+                self._select()
                 continue
+            stale = halt != 0  # the selection made in the batch's last launch still holds unless the host acts
             if int(st[K.ST_DEAD]) > COMPACT_FRACTION * self.n:
                 self._compact()
+                stale = True
             if halt == K.HALT_TABLE or st[K.ST_USED] > REBUILD_LOAD * (1 << self.bits):
                 live = int(self.dev.xp.count_nonzero(self.cnt > 0))
                 self._rebuild_table(live)
                 if not self._refill():
                     return
+                stale = True
             elif halt in (K.HALT_REFILL, K.HALT_CAND):
                 if not self._refill():
                     return
             elif halt != 0:
                 raise RuntimeError(f"cuda backend: unexpected halt code {halt}")
+            if stale:
+                self._select()
 
     def _ntokens(self) -> int:
         """Tokens the training words now encode to, weighted (the dropped words included)."""

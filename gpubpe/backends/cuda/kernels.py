@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import *  # noqa: F401,F403 (the status layout is part of the wrappers' API)
-from .catalogue import _CTYPES, DECIDE_MAX, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
+from .catalogue import _CTYPES, DECIDE_MAX, LRUN_FIELDS, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
     signatures
 
 
@@ -154,44 +154,48 @@ class Kernels:
                                                    max_len=max_len, cand=cand, list_start=list_start,
                                                    list_len=list_len, sel=sel, kmax=kmax, st=st))
 
-    def step_find(self, *, grid, block, sym, nxt, prv, wrd, counts, mk, pool, occ, sel, kmax, skeys, scnt, sbits,
-                  sused, st):
+    def step_find(self, *, grid, block, sym, nxt, prv, wrd, counts, mk, mkr, pool, occ, sel, kmax, skeys, scnt,
+                  sbits, sused, lrun, run_walk, tb, toff, tlen, merges, mcount, min_count, nforced, list_start,
+                  list_len, st):
+        """Launch A of a step: the occurrences, then (last block) the long runs and the decision."""
         self._check_sel("step_find", sel, kmax)
+        if kmax > DECIDE_MAX:
+            raise ValueError(f"step_find: kmax={kmax} > {DECIDE_MAX} candidates staged in shared memory")
         if sused.shape[0] > skeys.shape[0] or skeys.shape[0] != 1 << int(sbits) or scnt.shape != skeys.shape:
             raise ValueError("step_find: the scratch table must hold 1 << sbits slots and sused at most as many")
-        self._launch("step_find", grid, block, dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=counts, mk=mk,
-                                                    pool=pool, occ=occ, occ_cap=occ.shape[0], sel=sel, kmax=kmax,
-                                                    skeys=skeys, scnt=scnt, sbits=sbits, sused=sused,
-                                                    slimit=sused.shape[0], st=st))
-
-    def step_decide(self, *, block, tb, toff, tlen, merges, mcount, min_count, nforced, list_start, list_len, sel,
-                    kmax, st):
-        self._check_sel("step_decide", sel, kmax)
-        if kmax > DECIDE_MAX:
-            raise ValueError(f"step_decide: kmax={kmax} > {DECIDE_MAX} candidates staged in shared memory")
+        if not (sym.shape == nxt.shape == prv.shape == wrd.shape == mk.shape == mkr.shape):
+            raise ValueError("step_find: sym, nxt, prv, wrd, mk and mkr must hold one entry per position")
+        if lrun.shape[0] % LRUN_FIELDS:
+            raise ValueError(f"step_find: lrun holds records of {LRUN_FIELDS} values")
         if 2 * mcount.shape[0] != merges.shape[0]:
-            raise ValueError("step_decide: mcount must hold one count per merge (merges holds two ids each)")
-        self._launch("step_decide", 1, block, dict(tb=tb, toff=toff, tlen=tlen, tb_cap=tb.shape[0], merges=merges,
-                                                   mcount=mcount, min_count=min_count, nforced=nforced,
-                                                   list_start=list_start, list_len=list_len, sel=sel, kmax=kmax,
-                                                   st=st))
+            raise ValueError("step_find: mcount must hold one count per merge (merges holds two ids each)")
+        self._launch("step_find", grid, block, dict(
+            sym=sym, nxt=nxt, prv=prv, wrd=wrd, counts=counts, npos=sym.shape[0], mk=mk, mkr=mkr, pool=pool, occ=occ,
+            occ_cap=occ.shape[0], sel=sel, kmax=kmax, skeys=skeys, scnt=scnt, sbits=sbits, sused=sused,
+            slimit=sused.shape[0], lrun=lrun, lrun_cap=lrun.shape[0] // LRUN_FIELDS, run_walk=run_walk, tb=tb,
+            toff=toff, tlen=tlen, tb_cap=tb.shape[0], merges=merges, mcount=mcount, min_count=min_count,
+            nforced=nforced, list_start=list_start, list_len=list_len, st=st))
 
-    def step_update(self, *, grid, block, sym, nxt, prv, mk, wrd, counts, occ, pool, sel, kmax, keys, cnt, bits,
-                    used_limit, newslots, st):
-        self._check_sel("step_update", sel, kmax)
+    def step_merge(self, *, grid, block, sym, nxt, prv, mk, mkr, wrd, counts, occ, pool, sel, kmax, keys, cnt, bits,
+                   used_limit, newslots, skeys, scnt, sused, tb, toff, tlen, rank, id_order, forced, nforced, max_len,
+                   cand, list_start, list_len, st):
+        """Launch B of a step: the counts and the rewrite, then (last block) the
+        candidate set and the next step's selection."""
+        self._check_sel("step_merge", sel, kmax, block)
         if newslots.shape[0] < keys.shape[0]:
-            raise ValueError("step_update: newslots must hold one entry per pair-table slot")
-        self._launch("step_update", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, wrd=wrd, counts=counts,
-                                                      occ=occ, pool=pool, sel=sel, kmax=kmax, keys=keys, cnt=cnt,
-                                                      bits=bits, used_limit=used_limit, newslots=newslots, st=st))
-
-    def step_apply(self, *, grid, block, sym, nxt, prv, mk, occ, sel, kmax, cnt, newslots, cand, skeys, scnt, sused,
-                   st):
-        self._check_sel("step_apply", sel, kmax)
-        self._launch("step_apply", grid, block, dict(sym=sym, nxt=nxt, prv=prv, mk=mk, occ=occ, sel=sel, kmax=kmax,
-                                                     cnt=cnt, newslots=newslots, cand=cand, cand_cap=cand.shape[0],
-                                                     skeys=skeys, scnt=scnt, sused=sused, slimit=sused.shape[0],
-                                                     st=st))
+            raise ValueError("step_merge: newslots must hold one entry per pair-table slot")
+        if keys.shape[0] != 1 << int(bits):
+            raise ValueError("step_merge: the pair table must hold 1 << bits slots")
+        if id_order and rank.shape[0] != 256:
+            raise ValueError("step_merge: an id-order tie rule needs rank[256]")
+        if forced.shape[0] < 2 * int(nforced):
+            raise ValueError("step_merge: forced must hold 2 * nforced ids")
+        self._launch("step_merge", grid, block, dict(
+            sym=sym, nxt=nxt, prv=prv, mk=mk, mkr=mkr, wrd=wrd, counts=counts, occ=occ, pool=pool, sel=sel, kmax=kmax,
+            keys=keys, cnt=cnt, bits=bits, used_limit=used_limit, newslots=newslots, skeys=skeys, scnt=scnt,
+            sused=sused, slimit=sused.shape[0], tb=tb, toff=toff, tlen=tlen, rank=rank, id_order=id_order,
+            forced=forced, nforced=nforced, max_len=max_len, cand=cand, cand_cap=cand.shape[0],
+            list_start=list_start, list_len=list_len, st=st))
 
     # -- compact.cu ---------------------------------------------------------
     def compact_mark(self, *, block, sym, nxt, prv, wrd, counts, n, keep, st, grid=None):
