@@ -109,7 +109,8 @@ extern "C" __global__ void wc_insert(const unsigned char* __restrict__ data, con
         if (pos[k] < 0) continue;  // a piece end
         long long s, e;
         span_of(pos, k, &s, &e);
-        u64 key = word_hash(data, s, e, rnd) & (u64)hmask;
+        // the bits a weak mask drops name the round, so rounds never share keys
+        u64 key = (word_hash(data, s, e, rnd) & (u64)hmask) | ((u64)(rnd + 1) * 0x9E3779B97F4A7C15ull & ~(u64)hmask);
         if (key == EMPTY_KEY) key = EMPTY_KEY - 1ull;
         long long slot = slot_claim(keys, bits, key, wst);
         occ_slot[k] = (int)slot;
