@@ -107,6 +107,10 @@ class DeviceCounter:
     host fallback) really run. ``rounds``: config.DEVICE_COUNT_ROUNDS."""
 
     def __init__(self, dev: _Dev, *, hmask: int = -1, rounds: int | None = None):
+        with dev.on_stream():  # on a device every allocation and fill goes to the compute stream too
+            self._init(dev, hmask, rounds)
+
+    def _init(self, dev: _Dev, hmask: int, rounds: int | None) -> None:
         self.dev = dev
         self.k = dev.k
         cls, bmp, stage1, stage2 = unicode.scan_tables()
@@ -235,9 +239,12 @@ class DeviceCounter:
             return
         occ = d.empty(nedges, np.int32)
         todo, ntodo = pos, 0  # round 0 takes every edge (todo unused)
+        before = None
         for rnd in range(self.rounds):
             live = nedges if rnd == 0 else ntodo
             self._reserve(live, n)
+            if self.trace is not None and (before is None or before.shape != self.scount.shape):
+                before = d.to_host(self.scount)  # the counts before this chunk, in this table's layout
             nxt = d.empty(live, np.int32)
             self.wst[K.WC_NEXT] = 0
             k.wc_insert(block=d.block, data=data, pos=pos, nedges=nedges, todo=todo, ntodo=ntodo, rnd=rnd,
@@ -257,8 +264,7 @@ class DeviceCounter:
                 k.wc_commit(block=d.block, first=first, last=self.nwords, wslot=self.wslot, words=self.words,
                             reps=self.reps)
             if self.trace is not None:
-                self.trace.append({"n": n, "edges": nedges, "round": rnd, "occ": live,
-                                   "new_words": self.nwords - first, "left": int(st[K.WC_NEXT])})
+                self.trace.append(self._traced(n, nedges, rnd, live, first, int(st[K.WC_NEXT]), before))
             todo, ntodo = nxt, int(st[K.WC_NEXT])
             if ntodo == 0:
                 return
@@ -270,16 +276,32 @@ class DeviceCounter:
             w = chunk[int(p[e]) : (b if b >= 0 else ~b)]
             self.host[w] = self.host.get(w, 0) + 1
 
+    def _traced(self, n, nedges, rnd, live, first, left, before) -> dict:
+        """The sizes a round worked on, for the cost model (benchmarks/cost_model.py):
+        read back from the table, so only when tracing. ``hot``: the most
+        occurrences counted at one slot (same-address atomics serialize);
+        ``new_occ``: occurrences of the words new in this round (they reach
+        the representative election's atomicMin); ``new_bytes`` their bytes."""
+        d = self.dev
+        sc = d.to_host(self.scount)
+        delta = sc - before
+        slots = d.to_host(self.wslot)[first : self.nwords]
+        lens = d.to_host(self.wlen)[first : self.nwords]
+        return {"n": n, "edges": nedges, "round": rnd, "occ": live, "new_words": self.nwords - first, "left": left,
+                "hot": int(delta.max()) if delta.size else 0, "new_occ": int(delta[slots].sum()),
+                "new_bytes": int(lens.sum()), "slots": int(sc.shape[0])}
+
     def add_chunks(self, chunks: Iterable[bytes], specials: tuple[bytes, ...]) -> None:
         """Count every chunk; on a device the next chunk's copy overlaps this one's counting."""
         with self.dev.on_stream():
             it: Iterator[bytes] = iter(chunks)
+            ahead = not self.dev.sim  # in cuda-sim add_chunk copies each chunk itself
             nxt = next(it, None)
-            up = self._upload(nxt) if nxt is not None and not self.dev.sim else None
+            up = self._upload(nxt) if ahead and nxt else None
             while nxt is not None:
                 cur, cur_up = nxt, up
                 nxt = next(it, None)
-                up = self._upload(nxt) if nxt is not None and not self.dev.sim and nxt else None
+                up = self._upload(nxt) if ahead and nxt else None  # copied while cur is counted
                 self.add_chunk(cur, specials, data=cur_up)
 
     # -- the result ---------------------------------------------------------------
