@@ -32,6 +32,11 @@ corpus, each launch charged with the same parameters, beside the CPU engine
 writes it to RESULTS.md as ``model.pretok``. Its last line:
 ``projected device pre-tokenization + counting S s (G GB/s), CPU count_table ...``.
 
+``--pretok`` on a device: count_pretokens(backend='cuda')'s path on the first
+``--pretok-mb`` MB of the corpus against the CPU's counts (exact), the
+end-to-end GB/s, and each kernel's time (events around every launch) and
+GB/s (bytes from the model's per-launch figures).
+
 ``--sim`` runs the same steps on the simulator (cuda-sim) to check the script
 without a GPU; its timings mean nothing.
 
@@ -382,6 +387,72 @@ def run_pretok_model(args, corpus: Path) -> int:
     return 0 if same else 1
 
 
+def run_pretok_device(args, corpus: Path) -> int:
+    """On a CUDA device: count_pretokens(backend='cuda')'s path on the corpus
+    (its first ``--pretok-mb`` MB) against the CPU's counts (exact), the end-to-end
+    throughput, and each kernel's time (CUDA events around every launch of an
+    instrumented run) with its bytes from the cost model's per-launch figures."""
+    import cost_model as M
+
+    from gpubpe import config
+    from gpubpe.corpus import cut_stream, special_bytes
+    from gpubpe.patterns import GPT2_PATTERN
+    from gpubpe.pretok import count_table
+    from gpubpe.pretok import device as D
+
+    backend = "cuda-sim" if args.sim else "cuda"
+    specials = special_bytes([_common.SPECIAL])
+    with open(corpus, "rb") as f:
+        data = f.read(args.pretok_mb << 20)
+    blocks = [data[i : i + config.READ_BLOCK] for i in range(0, len(data), config.READ_BLOCK)]
+    chunks = list(cut_stream(blocks, specials, config.CHUNK_SIZE))
+    total = len(data)
+    D.count_device(iter([chunks[0][:100_000]]), specials, backend=backend)  # NVRTC and module loads
+    t = time.perf_counter()
+    table = D.count_device(iter(chunks), specials, backend=backend)
+    t_e2e = time.perf_counter() - t
+    count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)  # warm
+    t = time.perf_counter()
+    cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
+    t_cpu = time.perf_counter() - t
+    same = table.to_counts() == cpu.to_counts()
+    # the instrumented run: events around every launch, and the trace for the bytes
+    counter = D.DeviceCounter(D.device(backend))
+    counter.trace = []
+    timer = Timer(counter.dev)
+    launch = counter.k._launch
+    per: dict[str, float] = {}
+
+    def timed(name, grid, block, kwargs):
+        per[name] = per.get(name, 0.0) + timer(lambda: launch(name, grid, block, kwargs))
+
+    counter.k._launch = timed
+    counter.add_chunks(chunks, specials)
+    t2 = counter.table()
+    same = same and t2.to_counts() == cpu.to_counts()
+    p = M.project_pretok(counter.trace, M.H200, total_bytes=total, words=t2.num_words,
+                         word_bytes=int(t2.offsets[-1]))
+    rows = []
+    for name, sec in sorted(per.items(), key=lambda kv: -kv[1]):
+        nbytes = p.terms[name].bytes if name in p.terms else float("nan")
+        rows.append([name, f"{sec * 1e3:.2f}", f"{total / sec / 1e9:.1f}", f"{nbytes / sec / 1e9:.0f}",
+                     f"{nbytes / total:.2f}"])
+    body = [f"First {total:,} bytes of {corpus.name}, {len(chunks)} chunks; counts identical to the CPU's "
+            f"count_table: **{same}** ({table.num_words:,} words).", "",
+            f"End to end (count_device, warm): {t_e2e:.3f} s = **{total / t_e2e / 1e9:.2f} GB/s**; "
+            f"CPU count_table ({_common.usable_cores()} cores): {t_cpu:.3f} s = {total / t_cpu / 1e9:.2f} GB/s.", "",
+            _common.md_table(["kernel", "ms (all launches)", "corpus GB/s", "GB/s (model bytes)",
+                              "model bytes per corpus byte"], rows)]
+    text = "\n".join(body)
+    print(text)
+    print(f"device pre-tokenization + counting {total / t_e2e / 1e9:.2f} GB/s end to end, "
+          f"CPU {total / t_cpu / 1e9:.2f} GB/s, counts identical: {same}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_pretok_device.md").write_text(text + "\n")
+    return 0 if same else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="auto:64", help="a text file, or auto:MB (this Python's .py files)")
@@ -394,7 +465,9 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-numba", action="store_true")
     ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")
     ap.add_argument("--pretok", action="store_true",
-                    help="with --model: pre-tokenization and counting on the device instead of the merge loop")
+                    help="pre-tokenization and counting on the device instead of the merge loop (with --model: "
+                         "its cost model)")
+    ap.add_argument("--pretok-mb", type=int, default=64, help="--pretok on a device: MB of the corpus counted")
     args = ap.parse_args(argv)
 
     corpus = auto_corpus(int(args.corpus.split(":")[1])) if args.corpus.startswith("auto:") else Path(args.corpus)
@@ -403,6 +476,8 @@ def main(argv=None) -> int:
 
         os.environ.setdefault("GPUBPE_SIM_ASAN", "0")  # the model needs the schedule, not the memory checks
         return run_pretok_model(args, corpus) if args.pretok else run_model(args, corpus)
+    if args.pretok:
+        return run_pretok_device(args, corpus)
     C.make_backend(sim=args.sim)  # fail before the corpus work when there is no device
     t = time.perf_counter()
     table = build_table(corpus)

@@ -260,7 +260,7 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
             last_slots = e["slots"]
         tok_bytes = n if e["round"] == 0 else n * occ / max(edges, 1)
         p.charge("wc_insert", 2 * d.RT_HBM_S, tok_bytes + 12 * edges + 64 * occ + 32 * e["new_occ"],
-                 hot=e["new_occ"] and e["hot"])
+                 hot=e["hot_new"])
         p.charge("wc_verify", 3 * d.RT_HBM_S, tok_bytes + 12 * edges + 160 * occ + 2 * e["new_bytes"]
                  + 64 * e["new_words"], hot=e["hot"])
         p.host("host: read-back per round", d.READBACK_S + 2 * d.LIBCALL_S)

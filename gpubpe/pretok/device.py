@@ -281,7 +281,8 @@ class DeviceCounter:
         read back from the table, so only when tracing. ``hot``: the most
         occurrences counted at one slot (same-address atomics serialize);
         ``new_occ``: occurrences of the words new in this round (they reach
-        the representative election's atomicMin); ``new_bytes`` their bytes."""
+        the representative election's atomicMin), ``hot_new`` the most at one
+        of their slots; ``new_bytes`` the new words' bytes."""
         d = self.dev
         sc = d.to_host(self.scount)
         delta = sc - before
@@ -289,6 +290,7 @@ class DeviceCounter:
         lens = d.to_host(self.wlen)[first : self.nwords]
         return {"n": n, "edges": nedges, "round": rnd, "occ": live, "new_words": self.nwords - first, "left": left,
                 "hot": int(delta.max()) if delta.size else 0, "new_occ": int(delta[slots].sum()),
+                "hot_new": int(delta[slots].max()) if slots.size else 0,
                 "new_bytes": int(lens.sum()), "slots": int(sc.shape[0])}
 
     def add_chunks(self, chunks: Iterable[bytes], specials: tuple[bytes, ...]) -> None:
