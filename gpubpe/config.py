@@ -138,6 +138,10 @@ DEVICE_COUNT_ROUNDS = 4
 # (every occurrence a new word), never during one.
 DEVICE_COUNT_MIN_BITS = 12
 DEVICE_COUNT_MAX_LOAD = 0.5
+# Special tokens are looked for on the device (kernels/pretokenize.cu: every
+# byte compared with each token) up to this many tokens; more go through the
+# host's regex (its alternation does not slow down with the count).
+DEVICE_SPECIALS_MAX = 64
 
 
 # Where derived data is cached between runs (the Unicode class table rebuilt

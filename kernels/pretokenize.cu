@@ -1,7 +1,8 @@
-// GPT-2 pre-tokenization on the device: per byte, the character it starts (if
-// any) and its class; per character, whether a pre-token starts there; then
-// the pre-tokens as spans. Loaded by gpubpe.backends.cuda.kernels.pretok_classify,
-// pretok_count and pretok_spans (driver: gpubpe.pretok.device).
+// GPT-2 pre-tokenization on the device: where special tokens may start; per
+// byte, the character it starts (if any) and its class; per character, whether
+// a pre-token starts there; then the pre-tokens as spans. Loaded by
+// gpubpe.backends.cuda.kernels.pretok_specials, pretok_classify, pretok_count
+// and pretok_spans (driver: gpubpe.pretok.device).
 //
 // The pattern (the same as gpubpe/pretok/machine.py, which states the semantics)
 //     '(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
@@ -68,6 +69,33 @@ __device__ int utf8_at(const unsigned char* d, long long j, long long hi, int* c
     }
     *cp = v;
     return k;
+}
+
+// pretok_specials
+//   Geometry: 1-D grid-stride over bytes; any grid.
+//   In:  data[n]; the special tokens longest first (the order of
+//        gpubpe.corpus.special_regex), their bytes back to back in sp_bytes,
+//        token t at sp_bytes[sp_off[t]:sp_off[t + 1]], nsp <= 255 of them
+//   Out: mark[i] = t + 1 for the first token t (longest first) whose bytes
+//        start at i, else 0. Candidates only: matches may overlap; the host
+//        keeps the leftmost ones that do not (few per chunk), as a regex
+//        alternation scanning left to right would.
+//   Example: data "a<|e|><|e|>", tokens {"<|e|><|e|>", "<|e|>"} -> mark {0, 1, 0, 0, 0, 0, 2, 0, ...}.
+extern "C" __global__ void pretok_specials(const unsigned char* __restrict__ data, long long n,
+                                           const unsigned char* __restrict__ sp_bytes,
+                                           const long long* __restrict__ sp_off, int nsp, unsigned char* mark) {
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        int m = 0;
+        for (int t = 0; t < nsp && !m; ++t) {
+            long long a = sp_off[t], len = sp_off[t + 1] - a;
+            if (i + len > n || data[i] != sp_bytes[a]) continue;
+            long long q = 1;
+            while (q < len && data[i + q] == sp_bytes[a + q]) ++q;
+            if (q == len) m = t + 1;
+        }
+        mark[i] = (unsigned char)m;
+    }
 }
 
 // pretok_classify

@@ -72,9 +72,20 @@ def test_fuzzed_pretokens_match_regex(cases):
 
 
 @settings(max_examples=max_examples(300), deadline=None)
-@given(fuzz_bytes, st.sampled_from([(EOT,), ("a b", "a b c"), ("'s", "é", "\u3000")]))
+@given(fuzz_bytes, st.sampled_from([(EOT,), ("a b", "a b c"), ("'s", "é", "\u3000"), ("aa", "aaa", "a a"),
+                                     ("ab", "ba", "bab")]))
 def test_special_tokens_inside_words(data, specials):
-    data = data.replace(b"|>", b"|>x").replace(b"a", b"a b c")  # specials inside words and runs
+    # specials inside words and runs, overlapping one another (the longest
+    # first, leftmost, never overlapping: as the regex alternation takes them)
+    data = data.replace(b"|>", b"|>x").replace(b"a", b"a b c").replace(b"b", b"aab")
+    assert device_pretokens(data, specials) == reference_pretokens(data, specials)
+
+
+def test_many_special_tokens_go_through_the_host(monkeypatch):
+    specials = [f"<|r{i}|>" for i in range(70)] + [EOT]  # more than config.DEVICE_SPECIALS_MAX
+    data = "".join(f"x{i} <|r{i}|>y{EOT}" for i in range(0, 80, 3)).encode()
+    assert device_pretokens(data, specials) == reference_pretokens(data, specials)
+    monkeypatch.setattr(config, "DEVICE_SPECIALS_MAX", 255)
     assert device_pretokens(data, specials) == reference_pretokens(data, specials)
 
 

@@ -206,15 +206,43 @@ class DeviceCounter:
         d.stream.wait_event(self._events[s])
         return buf
 
+    def special_spans(self, data, n: int, specials: tuple[bytes, ...], chunk: bytes):
+        """(starts, ends) of the special tokens, as :func:`special_spans` finds
+        them: candidates marked on the device (pretok_specials), the few found
+        resolved here, left to right, longest first, never overlapping; beyond
+        config.DEVICE_SPECIALS_MAX tokens, the host's regex."""
+        if not specials or len(specials) > config.DEVICE_SPECIALS_MAX:
+            return special_spans(chunk, specials)
+        d, xp = self.dev, self.dev.xp
+        if getattr(self, "_specials", None) != specials:
+            ordered = sorted(specials, key=len, reverse=True)  # as gpubpe.corpus.special_regex
+            self._sp_len = np.array([len(s) for s in ordered], np.int64)
+            self._sp_dev = (d.to_device(np.frombuffer(b"".join(ordered), np.uint8)),
+                            d.to_device(np.concatenate([[0], np.cumsum(self._sp_len)]).astype(np.int64)))
+            self._specials = specials
+        mark = d.empty(n, np.uint8)
+        self.k.pretok_specials(block=d.block, data=data, n=n, sp_bytes=self._sp_dev[0], sp_off=self._sp_dev[1],
+                               mark=mark)
+        where = xp.flatnonzero(mark)
+        at = d.to_host(where).tolist()
+        which = d.to_host(mark[where]).tolist() if at else []
+        starts, ends, free = [], [], 0
+        for p, t in zip(at, which):
+            if p >= free:
+                free = p + int(self._sp_len[t - 1])
+                starts.append(p)
+                ends.append(free)
+        return np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+
     def spans(self, data, n: int, specials: tuple[bytes, ...], chunk: bytes):
         """(pos int32 device array, edges): the pre-tokens of the chunk whose
         bytes ``data`` are on the device (:func:`pretok_spans`' layout)."""
         d, k = self.dev, self.k
-        a, b = special_spans(chunk, specials)
+        a, b = self.special_spans(data, n, specials, chunk)
         info = d.empty(max(n, 1), np.uint8)
         k.pretok_classify(block=d.block, data=data, n=n, sp_start=d.to_device(a), sp_end=d.to_device(b),
                           info=info, **self.tabs)
-        ntiles = k.pretok_tiles(n)
+        ntiles = K.pretok_tiles(n)
         tcount = d.empty(ntiles, np.int32)
         k.pretok_count(block=d.block, data=data, info=info, n=n, tcount=tcount)
         incl = d.xp.cumsum(tcount, dtype=np.int64)

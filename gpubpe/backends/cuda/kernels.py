@@ -69,6 +69,12 @@ def _device_module(path: str):
     return cupy.RawModule(code=device_source(Path(path)), options=(NVRTC_STD,))
 
 
+def pretok_tiles(n: int) -> int:
+    """Tiles of PT_TILE positions covering positions 0..n (n: the end of the data),
+    as pretok_count and pretok_spans cut them."""
+    return int(n) // PT_TILE + 1
+
+
 class Kernels:
     """One typed wrapper per kernel. Arrays must be device arrays of the
     launcher (CuPy arrays, or simulator arrays), C-contiguous, of the exact
@@ -207,6 +213,16 @@ class Kernels:
                                                           out_prv=out_prv, out_wrd=out_wrd))
 
     # -- pretokenize.cu -----------------------------------------------------
+    def pretok_specials(self, *, block, data, n, sp_bytes, sp_off, mark, grid=None):
+        nsp = sp_off.shape[0] - 1
+        if not 1 <= nsp <= 255 or sp_bytes.shape[0] < nsp:
+            raise ValueError("pretok_specials: 1..255 special tokens (sp_off holds one offset more)")
+        if data.shape[0] < n or mark.shape[0] < n:
+            raise ValueError(f"pretok_specials: data and mark must hold n={n} bytes")
+        grid = grid or self.grid_over(n, block)
+        self._launch("pretok_specials", grid, block, dict(data=data, n=n, sp_bytes=sp_bytes, sp_off=sp_off,
+                                                          nsp=nsp, mark=mark))
+
     def pretok_classify(self, *, block, data, n, sp_start, sp_end, cls, bmp, stage1, stage2, info, grid=None):
         if data.shape[0] < n or info.shape[0] < n:
             raise ValueError(f"pretok_classify: data and info must hold n={n} bytes")
@@ -219,20 +235,15 @@ class Kernels:
                                                           nspec=sp_start.shape[0], cls=cls, bmp=bmp, stage1=stage1,
                                                           stage2=stage2, info=info))
 
-    @staticmethod
-    def pretok_tiles(n: int) -> int:
-        """Tiles of PT_TILE positions covering positions 0..n (n: the end of the data)."""
-        return int(n) // PT_TILE + 1
-
     def pretok_count(self, *, block, data, info, n, tcount, grid=None):
-        ntiles = self.pretok_tiles(n)
+        ntiles = pretok_tiles(n)
         if tcount.shape[0] < ntiles:
             raise ValueError(f"pretok_count: tcount must hold {ntiles} tiles")
         grid = grid or self.grid_over(ntiles, block)
         self._launch("pretok_count", grid, block, dict(data=data, info=info, n=n, ntiles=ntiles, tcount=tcount))
 
     def pretok_spans(self, *, block, data, info, n, toff, pos, grid=None):
-        ntiles = self.pretok_tiles(n)
+        ntiles = pretok_tiles(n)
         if toff.shape[0] < ntiles:
             raise ValueError(f"pretok_spans: toff must hold {ntiles} tiles")
         grid = grid or self.grid_over(ntiles, block)
