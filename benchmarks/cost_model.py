@@ -211,6 +211,8 @@ def report(p: Projection) -> list[str]:
 # bytes hit L1; the class tables, 90 KB, stay in L1/L2; a random table access
 # moves a 32-byte sector):
 PRETOK_BYTES = {
+    "pretok_specials": "n data read + n marks written",
+    "specials: flatnonzero (CuPy)": "n marks read + 16 n [A] (its scan of int64 flags)",
     "pretok_classify": "n data read + n info written",
     "pretok_count": "2 n (data, info) + 4 per 64-byte tile",
     "scan (CuPy cumsum)": "36 per tile (int32 read, int64 written, exclusive form)",
@@ -230,8 +232,8 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
     """Charge the counting schedule of ``trace`` with ``device``'s parameters.
     Each launch: node gap + max(bytes / copy bandwidth, hot atomics); each
     round reads back two scalars (READBACK_S each) and makes two CuPy calls.
-    ``host_s``: the host's own work per corpus (special spans, the copy into
-    pinned memory), measured where the model runs; it is charged once, as it
+    ``host_s``: the host's own work per corpus (the copy into pinned memory,
+    the special tokens' candidates resolved), measured where the model runs; it is charged once, as it
     runs beside the device only in part (the driver waits for each chunk)."""
     d = device
     p = Projection(d)
@@ -250,6 +252,10 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
         n, edges, occ = e["n"], e["edges"], e["occ"]
         tiles = n // 64 + 1
         if e["round"] == 0:
+            if e.get("specials"):
+                p.charge("pretok_specials", d.RT_HBM_S, 2 * n)
+                p.charge("specials: flatnonzero (CuPy)", d.RT_HBM_S, 17 * n)
+                p.host("host: CuPy calls and read-backs per chunk", 2 * d.LIBCALL_S + 2 * d.READBACK_S)
             p.charge("pretok_classify", d.RT_HBM_S, 2 * n)
             p.charge("pretok_count", d.RT_HBM_S, 2 * n + 4 * tiles)
             p.charge("scan (CuPy cumsum)", d.RT_HBM_S, 36 * tiles)
@@ -268,7 +274,7 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
             p.charge("wc_commit", d.RT_HBM_S, 72 * e["new_words"])
     p.charge("wc_extract", d.RT_HBM_S, 2 * word_bytes + 64 * words)
     if host_s:
-        p.host("host: special spans + copy into pinned memory (measured here)", host_s, 2 * total_bytes)
+        p.host("host: copy into pinned memory, specials resolved (measured here)", host_s, 2 * total_bytes)
     return p
 
 

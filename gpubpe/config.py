@@ -129,6 +129,10 @@ READ_BLOCK = 64 << 20
 # backend='cuda' (and 'cuda-sim') training with the GPT-2 pattern counts on the
 # device and hands the WordTable to the merge loop there; False counts on the CPU.
 DEVICE_PRETOKENIZE = True
+# backend='auto' counts on the device only inputs of at least this many bytes
+# (or of unknown size: a stream); smaller ones on the CPU, as AUTO_CUDA_MIN_SYMBOLS
+# keeps small tables' merges there. An estimate, to be checked on a device.
+AUTO_DEVICE_COUNT_BYTES = 64 << 20
 # Rounds of the device word table per chunk (kernels/wordcount.cu): round r
 # hashes with seed r the occurrences whose key met another word. With a 64-bit
 # hash a second round is already rare; what is left after these goes to the host.

@@ -166,6 +166,10 @@ def train_with_stats(
     # merge loop (other patterns: counted on the CPU, as for backend='cpu')
     manifest: list = []
     counter = rules.backend if rules.backend in ("cuda", "cuda-sim") and config.DEVICE_PRETOKENIZE else "cpu"
+    if counter != "cpu" and rules.auto:
+        size = input_size(paths)
+        if size is not None and size < config.AUTO_DEVICE_COUNT_BYTES:
+            counter = "cpu"  # too small to pay for the device's start-up
     table = table_of(count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
                                   on_bytes=on_bytes, text_field=text_field, text_column=text_column,
                                   manifest=manifest, backend=counter))

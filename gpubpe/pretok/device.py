@@ -27,6 +27,7 @@ cuda-sim the same code runs with synchronous copies.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -131,6 +132,7 @@ class DeviceCounter:
         self.arena = dev.empty(1 << 16, np.uint8)
         self.host: dict[bytes, int] = {}  # occurrences no round placed (exact, counted here)
         self.host_fallbacks = 0
+        self.resolve_s = 0.0  # seconds the host spent resolving special-token candidates (the cost model)
         self.trace: list | None = None  # a list: per chunk and round, the sizes worked on (the cost model)
         self._stream = None
         if not dev.sim:
@@ -211,7 +213,8 @@ class DeviceCounter:
         them: candidates marked on the device (pretok_specials), the few found
         resolved here, left to right, longest first, never overlapping; beyond
         config.DEVICE_SPECIALS_MAX tokens, the host's regex."""
-        if not specials or len(specials) > config.DEVICE_SPECIALS_MAX:
+        self._specials_on_device = bool(specials) and len(specials) <= config.DEVICE_SPECIALS_MAX
+        if not self._specials_on_device:
             return special_spans(chunk, specials)
         d, xp = self.dev, self.dev.xp
         if getattr(self, "_specials", None) != specials:
@@ -226,12 +229,14 @@ class DeviceCounter:
         where = xp.flatnonzero(mark)
         at = d.to_host(where).tolist()
         which = d.to_host(mark[where]).tolist() if at else []
+        t0 = time.perf_counter()
         starts, ends, free = [], [], 0
         for p, t in zip(at, which):
             if p >= free:
                 free = p + int(self._sp_len[t - 1])
                 starts.append(p)
                 ends.append(free)
+        self.resolve_s += time.perf_counter() - t0
         return np.asarray(starts, np.int64), np.asarray(ends, np.int64)
 
     def spans(self, data, n: int, specials: tuple[bytes, ...], chunk: bytes):
@@ -318,7 +323,7 @@ class DeviceCounter:
         lens = d.to_host(self.wlen)[first : self.nwords]
         return {"n": n, "edges": nedges, "round": rnd, "occ": live, "new_words": self.nwords - first, "left": left,
                 "hot": int(delta.max()) if delta.size else 0, "new_occ": int(delta[slots].sum()),
-                "hot_new": int(delta[slots].max()) if slots.size else 0,
+                "hot_new": int(delta[slots].max()) if slots.size else 0, "specials": self._specials_on_device,
                 "new_bytes": int(lens.sum()), "slots": int(sc.shape[0])}
 
     def add_chunks(self, chunks: Iterable[bytes], specials: tuple[bytes, ...]) -> None:
