@@ -218,9 +218,11 @@ PRETOK_BYTES = {
     "scan (CuPy cumsum)": "36 per tile (int32 read, int64 written, exclusive form)",
     "pretok_spans": "2 n + 8 per tile + 4 per edge",
     "wc_insert": "n token bytes + 12 per edge (pos, occ_slot) + 64 per occurrence (key, words sectors) "
-                 "+ 32 per occurrence of a new word (atomicMin)",
+                 "+ 32 per occurrence of a new word (atomicMin, merged per block first); hot: at most one "
+                 "atomic per block round on the most frequent new word's slot",
     "wc_verify": "n token bytes + 12 per edge + 160 per occurrence (words, wstart, wlen, scount sectors, "
-                 "the stored copy's first sector) + 2 per new-word byte + 64 per new word",
+                 "the stored copy's first sector) + 2 per new-word byte + 64 per new word; hot: at most one "
+                 "atomic per block round on the most frequent word's slot (block_add)",
     "wc_commit": "72 per new word",
     "wc_rehash": "96 per word moved + 24 per new slot cleared",
     "wc_extract": "2 per word byte + 64 per word",
@@ -265,10 +267,14 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
                 p.charge("wc_rehash", d.RT_HBM_S, 96 * words + 24 * e["slots"])  # at most all words moved
             last_slots = e["slots"]
         tok_bytes = n if e["round"] == 0 else n * occ / max(edges, 1)
-        p.charge("wc_insert", 2 * d.RT_HBM_S, tok_bytes + 12 * edges + 64 * occ + 32 * e["new_occ"],
-                 hot=e["hot_new"])
-        p.charge("wc_verify", 3 * d.RT_HBM_S, tok_bytes + 12 * edges + 160 * occ + 2 * e["new_bytes"]
-                 + 64 * e["new_words"], hot=e["hot"])
+        # counts and elections merge per block in shared memory first (block_add / block_min):
+        # the hot slot gets at most one global atomic per block round, each round three barriers
+        rounds = math.ceil(occ / d.BLOCK)
+        barriers = 3 * math.ceil(occ / d.threads) * d.BARRIER_S
+        p.charge("wc_insert", 2 * d.RT_HBM_S + barriers, tok_bytes + 12 * edges + 64 * occ + 32 * e["new_occ"],
+                 hot=min(e["hot_new"], rounds))
+        p.charge("wc_verify", 3 * d.RT_HBM_S + barriers, tok_bytes + 12 * edges + 160 * occ + 2 * e["new_bytes"]
+                 + 64 * e["new_words"], hot=min(e["hot"], rounds))
         p.host("host: read-back per round", d.READBACK_S + 2 * d.LIBCALL_S)
         if e["new_words"]:
             p.charge("wc_commit", d.RT_HBM_S, 72 * e["new_words"])

@@ -13,6 +13,8 @@
 //   scount[s] int64  occurrences counted at s
 // Words (ids 0..nwords-1, made in order of no importance):
 //   wstart / wlen  where word w's bytes lie in arena; wslot its slot; wkey its key
+// Counts and elections are merged per block in shared memory first (block_add,
+// block_min): one global atomic per distinct slot and block round.
 // Status wst int64[WC_SIZE]: WC_USED slots holding a key, WC_NWORDS words,
 // WC_ABYTES arena bytes used, WC_NEXT occurrences left for the next round,
 // WC_ERR set when an invariant broke.
@@ -89,9 +91,52 @@ __device__ long long slot_claim(u64* keys, int bits, u64 key, long long* wst) {
     }
 }
 
+// Same-address atomics serialize, and a frequent word (" the": 4% of the
+// occurrences) would send every one of its occurrences to one slot. So each
+// block first merges its threads' updates in shared memory (a table of
+// 2 * blockDim entries keyed by slot: at most blockDim keys, never full), then
+// sends one global atomic per distinct slot. Called by every thread of the
+// block, once per grid-stride round (slot < 0: nothing to add).
+__device__ void block_add(long long* scount, int* s_slot, int* s_val, int slot) {
+    int cap = 2 * blockDim.x;
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) { s_slot[j] = -1; s_val[j] = 0; }
+    __syncthreads();
+    if (slot >= 0) {
+        int h = (int)(((unsigned)slot * 2654435761u) & (unsigned)(cap - 1));
+        while (true) {
+            int old = atomicCAS(&s_slot[h], -1, slot);
+            if (old == -1 || old == slot) { atomicAdd(&s_val[h], 1); break; }
+            h = (h + 1) & (cap - 1);
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < cap; j += blockDim.x)
+        if (s_slot[j] >= 0) atomicAdd((u64*)&scount[s_slot[j]], (u64)s_val[j]);
+    __syncthreads();  // every flush read the table before the next round clears it
+}
+
+// As block_add, for the representative election: the smallest occurrence per slot.
+__device__ void block_min(long long* reps, int* s_slot, int* s_val, int slot, int k) {
+    int cap = 2 * blockDim.x;
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) { s_slot[j] = -1; s_val[j] = 0x7FFFFFFF; }
+    __syncthreads();
+    if (slot >= 0) {
+        int h = (int)(((unsigned)slot * 2654435761u) & (unsigned)(cap - 1));
+        while (true) {
+            int old = atomicCAS(&s_slot[h], -1, slot);
+            if (old == -1 || old == slot) { atomicMin(&s_val[h], k); break; }
+            h = (h + 1) & (cap - 1);
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < cap; j += blockDim.x)
+        if (s_slot[j] >= 0) atomicMin(&reps[s_slot[j]], (long long)s_val[j]);
+    __syncthreads();
+}
+
 // wc_insert
 //   Geometry: 1-D grid-stride over the occurrences left (all edges in round 0,
-//   todo[0..ntodo) after); any grid.
+//   todo[0..ntodo) after); any grid; blockDim a power of two <= MAX_BLOCK.
 //   In:  data, pos[nedges + 1] (pretok_spans); round; hmask (all ones; fewer
 //        bits only to force collisions in tests); the table (keys, words, reps)
 //   Out: occ_slot[k] the slot of occurrence k; keys claimed; reps[s] lowered
@@ -102,24 +147,32 @@ extern "C" __global__ void wc_insert(const unsigned char* __restrict__ data, con
                                      long long nedges, const int* __restrict__ todo, long long ntodo, int rnd,
                                      long long hmask, u64* keys, const int* __restrict__ words, long long* reps,
                                      int bits, int* occ_slot, long long* wst) {
+    __shared__ int s_slot[2 * MAX_BLOCK];
+    __shared__ int s_val[2 * MAX_BLOCK];
     long long total = rnd == 0 ? nedges : ntodo;
     long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += stride) {
-        long long k = rnd == 0 ? t : todo[t];
-        if (pos[k] < 0) continue;  // a piece end
-        long long s, e;
-        span_of(pos, k, &s, &e);
-        // the bits a weak mask drops name the round, so rounds never share keys
-        u64 key = (word_hash(data, s, e, rnd) & (u64)hmask) | ((u64)(rnd + 1) * 0x9E3779B97F4A7C15ull & ~(u64)hmask);
-        if (key == EMPTY_KEY) key = EMPTY_KEY - 1ull;
-        long long slot = slot_claim(keys, bits, key, wst);
-        occ_slot[k] = (int)slot;
-        if (words[slot] < 0) atomicMin(&reps[slot], k);
+    // the loop bound is the same for the whole block: every thread reaches block_min's barriers
+    for (long long base = (long long)blockIdx.x * blockDim.x; base < total; base += stride) {
+        long long t = base + threadIdx.x;
+        long long k = t < total ? (rnd == 0 ? t : todo[t]) : -1;
+        int elect = -1;  // the slot whose representative this occurrence stands for
+        if (k >= 0 && pos[k] >= 0) {  // pos[k] < 0: a piece end
+            long long s, e;
+            span_of(pos, k, &s, &e);
+            // the bits a weak mask drops name the round, so rounds never share keys
+            u64 key = (word_hash(data, s, e, rnd) & (u64)hmask) |
+                      ((u64)(rnd + 1) * 0x9E3779B97F4A7C15ull & ~(u64)hmask);
+            if (key == EMPTY_KEY) key = EMPTY_KEY - 1ull;
+            long long slot = slot_claim(keys, bits, key, wst);
+            occ_slot[k] = (int)slot;
+            if (words[slot] < 0) elect = (int)slot;
+        }
+        block_min(reps, s_slot, s_val, elect, (int)k);
     }
 }
 
 // wc_verify
-//   Geometry: as wc_insert.
+//   Geometry: as wc_insert (shared-memory merge of the counts, block_add).
 //   In:  as wc_insert, and the words (wstart, wlen, arena); the host made room
 //        for every occurrence left to be a new word (wcap words, acap bytes)
 //   Out: scount[s] += 1 for each occurrence equal to its slot's word; the
@@ -135,39 +188,46 @@ extern "C" __global__ void wc_verify(const unsigned char* __restrict__ data, con
                                      const int* __restrict__ occ_slot, unsigned char* arena, long long acap,
                                      long long* wstart, int* wlen, int* wslot, u64* wkey, long long wcap,
                                      int* next, long long* wst) {
+    __shared__ int s_slot[2 * MAX_BLOCK];
+    __shared__ int s_val[2 * MAX_BLOCK];
     long long total = rnd == 0 ? nedges : ntodo;
     long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x; t < total; t += stride) {
-        long long k = rnd == 0 ? t : todo[t];
-        if (pos[k] < 0) continue;
-        long long s, e;
-        span_of(pos, k, &s, &e);
-        long long len = e - s;
-        int slot = occ_slot[k];
-        int w = words[slot];
-        bool equal;
-        if (w >= 0) {
-            equal = wlen[w] == len && same_bytes(arena + wstart[w], data + s, len);
-        } else if (reps[slot] == k) {
-            long long id = (long long)atomicAdd((u64*)&wst[WC_NWORDS], 1ull);
-            long long at = (long long)atomicAdd((u64*)&wst[WC_ABYTES], (u64)len);
-            if (id >= wcap || at + len > acap) {  // the host reserved room: a bug, reported
-                wst[WC_ERR] = 1;
-                continue;
+    // the loop bound is the same for the whole block: every thread reaches block_add's barriers
+    for (long long base = (long long)blockIdx.x * blockDim.x; base < total; base += stride) {
+        long long t = base + threadIdx.x;
+        long long k = t < total ? (rnd == 0 ? t : todo[t]) : -1;
+        int counted = -1;  // the slot this occurrence is counted at
+        if (k >= 0 && pos[k] >= 0) {
+            long long s, e;
+            span_of(pos, k, &s, &e);
+            long long len = e - s;
+            int slot = occ_slot[k];
+            int w = words[slot];
+            bool equal = false;
+            if (w >= 0) {
+                equal = wlen[w] == len && same_bytes(arena + wstart[w], data + s, len);
+            } else if (reps[slot] == k) {
+                long long id = (long long)atomicAdd((u64*)&wst[WC_NWORDS], 1ull);
+                long long at = (long long)atomicAdd((u64*)&wst[WC_ABYTES], (u64)len);
+                if (id < wcap && at + len <= acap) {
+                    for (long long q = 0; q < len; ++q) arena[at + q] = data[s + q];
+                    wstart[id] = at;
+                    wlen[id] = (int)len;
+                    wslot[id] = slot;
+                    wkey[id] = keys[slot];
+                    equal = true;
+                } else {
+                    wst[WC_ERR] = 1;  // the host reserved room: a bug, reported
+                }
+            } else {
+                long long rs, re;
+                span_of(pos, reps[slot], &rs, &re);
+                equal = re - rs == len && same_bytes(data + rs, data + s, len);
             }
-            for (long long q = 0; q < len; ++q) arena[at + q] = data[s + q];
-            wstart[id] = at;
-            wlen[id] = (int)len;
-            wslot[id] = slot;
-            wkey[id] = keys[slot];
-            equal = true;
-        } else {
-            long long rs, re;
-            span_of(pos, reps[slot], &rs, &re);
-            equal = re - rs == len && same_bytes(data + rs, data + s, len);
+            if (equal) counted = slot;
+            else if (!wst[WC_ERR]) next[atomicAdd((u64*)&wst[WC_NEXT], 1ull)] = (int)k;
         }
-        if (equal) atomicAdd((u64*)&scount[slot], 1ull);
-        else next[atomicAdd((u64*)&wst[WC_NEXT], 1ull)] = (int)k;
+        block_add(scount, s_slot, s_val, counted);
     }
 }
 
