@@ -4,18 +4,21 @@ The same pre-tokens as :mod:`.machine` (its docstring states the semantics;
 ``kernels/pretokenize.cu`` the local boundary rule the kernels use), counted
 exactly into a device hash table keyed by the bytes (``kernels/wordcount.cu``).
 
-Per chunk (cut at special tokens or safe cuts, :mod:`gpubpe.corpus`): the
-special tokens are found on the host (longest first, as everywhere) and only
-their spans go up with the bytes; then
+Per chunk (cut at special tokens or safe cuts, :mod:`gpubpe.corpus`):
 
+    pretok_specials  per byte: which special token (longest first) starts there;
+                     the few candidates come back and the host keeps the
+                     leftmost non-overlapping ones, as the regex alternation
+                     of :func:`gpubpe.corpus.special_regex` does
     pretok_classify  per byte: character start, class, piece membership
     pretok_count     per tile of 64 positions: the edges (pre-token starts, piece ends)
     (scan)           the tiles' exclusive prefix sum: CuPy's cumsum (NumPy's in cuda-sim)
     pretok_spans     the edges in order: the pre-tokens' spans
     wc_insert / wc_verify / wc_commit, per round (usually one)
 
-and the host reads back two scalars per round. The table persists across
-chunks and grows between them (wc_rehash). At the end the unique words come
+and the host reads back the candidates and the edge count per chunk, and the
+status per round. The table persists across chunks and grows between them
+(wc_rehash). At the end the unique words come
 out as a :class:`DeviceWordTable` (wc_extract), which the device merge loop
 takes as it is (:mod:`gpubpe.backends.cuda`) and :meth:`DeviceWordTable.to_host`
 copies to a :class:`~gpubpe.wordtable.WordTable` when the host needs it.
