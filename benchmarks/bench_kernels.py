@@ -377,9 +377,10 @@ def run_pretok_model(args, corpus: Path) -> int:
                "launch, not an achieved efficiency. scripts/gpu_check.sh measures the real figures.",
                "hot-atomic-bound: launches where the atomics on one slot (the most frequent word's count) "
                "outlast the launch's bytes at HOT_ATOMIC_S each.",
-               "host work (special tokens' spans, the copy into pinned memory) and the CPU engine are measured "
-               "on this machine; the device path waits for each chunk's read-backs, so host work is charged "
-               "in series with the device."])
+               "host work (the copy into pinned memory, the special tokens' candidates resolved) and the CPU "
+               "engine are measured on this machine; the device path waits for each chunk's read-backs, so "
+               "host work is charged in series with the device, the host-to-device copy beside them.",
+               "the cuda-sim run took minutes on the host: it is the schedule, not a timing."])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "cost_model_pretok.md").write_text(section)
