@@ -25,6 +25,18 @@ event, and projects the device time with fixed, stated parameters
 model: check it against a device when one is lent. Its last line:
 ``projected device loop S s, numba N s, ratio R (H200 parameters)``.
 
+``--model --pretok`` does the same for pre-tokenization and counting on the
+device (gpubpe/pretok/device.py): the real driver in cuda-sim over the
+corpus, each launch charged with the same parameters, beside the CPU engine
+(count_table) and the host's per-chunk work measured here; ``--results``
+writes it to RESULTS.md as ``model.pretok``. Its last line:
+``projected device pre-tokenization + counting S s (G GB/s), CPU count_table ...``.
+
+``--pretok`` on a device: count_pretokens(backend='cuda')'s path on the first
+``--pretok-mb`` MB of the corpus against the CPU's counts (exact), the
+end-to-end GB/s, and each kernel's time (events around every launch) and
+GB/s (bytes from the model's per-launch figures).
+
 ``--sim`` runs the same steps on the simulator (cuda-sim) to check the script
 without a GPU; its timings mean nothing.
 
@@ -287,6 +299,172 @@ def run_model(args, corpus: Path) -> int:
     return 0 if same else 1
 
 
+def run_pretok_model(args, corpus: Path) -> int:
+    """The cost model of device pre-tokenization and counting: the real driver
+    (gpubpe.pretok.device) in cuda-sim over the corpus, its schedule charged
+    with fixed parameters; beside it the CPU engine (count_table) and the
+    host's own per-chunk work, measured here."""
+    import cost_model as M
+
+    from gpubpe import config
+    from gpubpe.corpus import iter_chunks, special_bytes
+    from gpubpe.patterns import GPT2_PATTERN
+    from gpubpe.pretok import count_table
+    from gpubpe.pretok import device as D
+
+    specials = special_bytes(["<|endoftext|>"])
+    t = time.perf_counter()
+    chunks = list(iter_chunks([corpus], None, specials, config.CHUNK_SIZE))
+    total = sum(map(len, chunks))
+    t_read = time.perf_counter() - t
+    print(f"{len(chunks)} chunks, {total:,} bytes ({t_read:.1f} s to read and cut)", flush=True)
+    # the CPU engine, warm (its compiled code loaded by a first call on one chunk)
+    count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
+    t = time.perf_counter()
+    cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
+    t_cpu = time.perf_counter() - t
+    print(f"CPU count_table: {t_cpu:.2f} s, {total / t_cpu / 1e6:.0f} MB/s, {cpu.num_words:,} words", flush=True)
+    # the host's part of the device path: the copy into a pinned buffer, and
+    # the special tokens' candidates (found on the device) resolved
+    buf = np.empty(max(map(len, chunks)), np.uint8)
+    buf[:] = 0  # touched once, as a pinned buffer that is reused
+    t = time.perf_counter()
+    for c in chunks:
+        buf[: len(c)] = np.frombuffer(c, np.uint8)
+    t_host = time.perf_counter() - t
+    # the schedule: the real driver in cuda-sim, traced
+    t = time.perf_counter()
+    counter = D.DeviceCounter(D.device("cuda-sim"))
+    counter.trace = []
+    counter.add_chunks(chunks, specials)
+    table = counter.table()
+    t_sim = time.perf_counter() - t
+    t_host += counter.resolve_s
+    same = table.to_counts() == cpu.to_counts()
+    print(f"cuda-sim run of the device schedule: {t_sim:.0f} s on the host (not a timing); "
+          f"counts identical to the CPU's: {same}", flush=True)
+    trace = counter.trace
+    edges = sum(e["edges"] for e in trace if e["round"] == 0)
+    word_bytes = int(table.offsets[-1])
+    out = [f"Corpus {corpus.name} ({total:,} bytes) in {len(chunks)} chunks of config.CHUNK_SIZE = "
+           f"{config.CHUNK_SIZE:,}: {edges:,} edges (pre-token starts and piece ends), {table.num_words:,} unique "
+           f"words; {sum(1 for e in trace if e['round'] > 0)} later rounds, {counter.host_fallbacks} occurrences "
+           f"counted on the host; the device counts equal the CPU's: **{same}**.", ""]
+    res = {"corpus": str(corpus), "bytes": total, "identical": same, "cpu_s": t_cpu, "host_s": t_host}
+    for dp in (M.A100, M.H200):
+        p = M.project_pretok(trace, dp, total_bytes=total, words=table.num_words, word_bytes=word_bytes,
+                             host_s=t_host)
+        dev_s = sum(t.seconds for k, t in p.terms.items() if not k.startswith(("H2D", "host")))
+        h2d = total / dp.H2D_BPS
+        host_s = sum(t.seconds for k, t in p.terms.items() if k.startswith("host"))
+        stage = max(h2d, dev_s + host_s)
+        out += [f"### {dp.name} parameters (copy {dp.copy_bps / 1e12:.1f} TB/s, H2D {dp.H2D_BPS / 1e9:.0f} GB/s)",
+                "", *M.pretok_report(p, total), "",
+                f"Device kernels {dev_s:.4f} s ({total / dev_s / 1e9:.1f} GB/s of corpus); host-to-device copy "
+                f"{h2d:.4f} s ({dp.H2D_BPS / 1e9:.0f} GB/s); host work and read-backs {host_s:.4f} s. "
+                f"Stage: **{stage:.3f} s = {total / stage / 1e9:.2f} GB/s**, bound by "
+                f"{'the host-to-device copy' if h2d >= dev_s + host_s else 'the device and host work per chunk'}; "
+                f"CPU engine here {t_cpu:.2f} s ({total / t_cpu / 1e6:.0f} MB/s, {_common.usable_cores()} cores): "
+                f"{t_cpu / stage:.0f}x.", ""]
+        res[dp.name] = {"device_s": dev_s, "h2d_s": h2d, "host_s": host_s, "stage_s": stage,
+                        "terms": {k: v.seconds for k, v in p.terms.items()}}
+    out += ["Bytes per launch (DRAM; a random table access is a 32-byte sector):", ""]
+    out += [f"- {k}: {v}" for k, v in M.PRETOK_BYTES.items()]
+    h = res["H200"]
+    line = (f"projected device pre-tokenization + counting {h['stage_s']:.3f} s "
+            f"({total / h['stage_s'] / 1e9:.2f} GB/s), CPU count_table {t_cpu:.2f} s "
+            f"({total / t_cpu / 1e6:.0f} MB/s) (H200 parameters)")
+    out += ["", line]
+    text = "\n".join(out)
+    print(text, flush=True)
+    section = _common.render_section(
+        title=f"Device pre-tokenization and counting: a model ({corpus.name})", command=_common.command_line(),
+        body=text, corpora=[_common.corpus_info(corpus)], machine=_common.machine_info(),
+        notes=["A MODEL, not a measurement: the kernels' schedule recorded in cuda-sim, charged with the fixed "
+               "parameters of benchmarks/cost_model.py (the merge loop's); bandwidth-bound launches are assumed "
+               "to run at the copy bandwidth, so 'of copy bandwidth' shows whether atomics or latency bound a "
+               "launch, not an achieved efficiency. scripts/gpu_check.sh measures the real figures.",
+               "hot-atomic-bound: launches where the atomics on one slot (the most frequent word's count) "
+               "outlast the launch's bytes at HOT_ATOMIC_S each.",
+               "host work (the copy into pinned memory, the special tokens' candidates resolved) and the CPU "
+               "engine are measured on this machine; the device path waits for each chunk's read-backs, so "
+               "host work is charged in series with the device, the host-to-device copy beside them.",
+               "the cuda-sim run took minutes on the host: it is the schedule, not a timing."])
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "cost_model_pretok.md").write_text(section)
+        (args.out / "cost_model_pretok.json").write_text(json.dumps(res, indent=2, default=str))
+    if args.results:
+        _common.update_results("model.pretok", section)
+    return 0 if same else 1
+
+
+def run_pretok_device(args, corpus: Path) -> int:
+    """On a CUDA device: count_pretokens(backend='cuda')'s path on the corpus
+    (its first ``--pretok-mb`` MB) against the CPU's counts (exact), the end-to-end
+    throughput, and each kernel's time (CUDA events around every launch of an
+    instrumented run) with its bytes from the cost model's per-launch figures."""
+    import cost_model as M
+
+    from gpubpe import config
+    from gpubpe.corpus import cut_stream, special_bytes
+    from gpubpe.patterns import GPT2_PATTERN
+    from gpubpe.pretok import count_table
+    from gpubpe.pretok import device as D
+
+    backend = "cuda-sim" if args.sim else "cuda"
+    specials = special_bytes([_common.SPECIAL])
+    with open(corpus, "rb") as f:
+        data = f.read(args.pretok_mb << 20)
+    blocks = [data[i : i + config.READ_BLOCK] for i in range(0, len(data), config.READ_BLOCK)]
+    chunks = list(cut_stream(blocks, specials, config.CHUNK_SIZE))
+    total = len(data)
+    D.count_device(iter([chunks[0][:100_000]]), specials, backend=backend)  # NVRTC and module loads
+    t = time.perf_counter()
+    table = D.count_device(iter(chunks), specials, backend=backend)
+    t_e2e = time.perf_counter() - t
+    count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)  # warm
+    t = time.perf_counter()
+    cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
+    t_cpu = time.perf_counter() - t
+    same = table.to_counts() == cpu.to_counts()
+    # the instrumented run: events around every launch, and the trace for the bytes
+    counter = D.DeviceCounter(D.device(backend))
+    counter.trace = []
+    timer = Timer(counter.dev)
+    launch = counter.k._launch
+    per: dict[str, float] = {}
+
+    def timed(name, grid, block, kwargs):
+        per[name] = per.get(name, 0.0) + timer(lambda: launch(name, grid, block, kwargs))
+
+    counter.k._launch = timed
+    counter.add_chunks(chunks, specials)
+    t2 = counter.table()
+    same = same and t2.to_counts() == cpu.to_counts()
+    p = M.project_pretok(counter.trace, M.H200, total_bytes=total, words=t2.num_words,
+                         word_bytes=int(t2.offsets[-1]))
+    rows = []
+    for name, sec in sorted(per.items(), key=lambda kv: -kv[1]):
+        nbytes = p.terms[name].bytes if name in p.terms else float("nan")
+        rows.append([name, f"{sec * 1e3:.2f}", f"{total / sec / 1e9:.1f}", f"{nbytes / sec / 1e9:.0f}",
+                     f"{nbytes / total:.2f}"])
+    body = [f"First {total:,} bytes of {corpus.name}, {len(chunks)} chunks; counts identical to the CPU's "
+            f"count_table: **{same}** ({table.num_words:,} words).", "",
+            f"End to end (count_device, warm): {t_e2e:.3f} s = **{total / t_e2e / 1e9:.2f} GB/s**; "
+            f"CPU count_table ({_common.usable_cores()} cores): {t_cpu:.3f} s = {total / t_cpu / 1e9:.2f} GB/s.", "",
+            _common.md_table(["kernel", "ms (all launches)", "corpus GB/s", "GB/s (model bytes)",
+                              "model bytes per corpus byte"], rows)]
+    text = "\n".join(body)
+    print(text)
+    print(f"device pre-tokenization + counting {total / t_e2e / 1e9:.2f} GB/s end to end, "
+          f"CPU {total / t_cpu / 1e9:.2f} GB/s, counts identical: {same}")
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "bench_pretok_device.md").write_text(text + "\n")
+    return 0 if same else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--corpus", default="auto:64", help="a text file, or auto:MB (this Python's .py files)")
@@ -299,6 +477,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sim", action="store_true", help="run on the simulator (checks the script, no timings)")
     ap.add_argument("--skip-numba", action="store_true")
     ap.add_argument("--results", action="store_true", help="write the section into benchmarks/RESULTS.md")
+    ap.add_argument("--pretok", action="store_true",
+                    help="pre-tokenization and counting on the device instead of the merge loop (with --model: "
+                         "its cost model)")
+    ap.add_argument("--pretok-mb", type=int, default=64, help="--pretok on a device: MB of the corpus counted")
     args = ap.parse_args(argv)
 
     corpus = auto_corpus(int(args.corpus.split(":")[1])) if args.corpus.startswith("auto:") else Path(args.corpus)
@@ -306,7 +488,9 @@ def main(argv=None) -> int:
         import os
 
         os.environ.setdefault("GPUBPE_SIM_ASAN", "0")  # the model needs the schedule, not the memory checks
-        return run_model(args, corpus)
+        return run_pretok_model(args, corpus) if args.pretok else run_model(args, corpus)
+    if args.pretok:
+        return run_pretok_device(args, corpus)
     C.make_backend(sim=args.sim)  # fail before the corpus work when there is no device
     t = time.perf_counter()
     table = build_table(corpus)

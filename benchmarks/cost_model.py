@@ -240,3 +240,106 @@ def run_depth_line(p: Projection) -> str:
     return (f"runs' serial part: {p.run_depth_walk:,} dependent round trips as scheduled "
             f"({p.run_depth_walk * d.RT_HBM_S:.4f} s at {d.RT_HBM_S * 1e6:.1f} us), against "
             f"{p.run_depth_before:,} ({p.run_depth_before * d.RT_HBM_S:.4f} s) with every run walked by its first member")
+
+
+# ---------------------------------------------------------------------------
+# Pre-tokenization and counting on the device (kernels/pretokenize.cu,
+# kernels/wordcount.cu, gpubpe/pretok/device.py)
+# ---------------------------------------------------------------------------
+#
+# The trace is DeviceCounter.trace from a cuda-sim run of the real driver:
+# per chunk and round, n bytes, edges (pre-token starts + piece ends), the
+# occurrences handled, new words and their bytes and occurrences, the most
+# occurrences counted at one slot ("hot": same-address atomics serialize),
+# the table's slots. DRAM bytes per launch (window re-reads of neighbouring
+# bytes hit L1; the class tables, 90 KB, stay in L1/L2; a random table access
+# moves a 32-byte sector):
+PRETOK_BYTES = {
+    "pretok_specials": "n data read + n marks written",
+    "specials: flatnonzero (CuPy)": "n marks read + 16 n [A] (its scan of int64 flags)",
+    "pretok_classify": "n data read + n info written",
+    "pretok_count": "2 n (data, info) + 4 per 64-byte tile",
+    "scan (CuPy cumsum)": "36 per tile (int32 read, int64 written, exclusive form)",
+    "pretok_spans": "2 n + 8 per tile + 4 per edge",
+    "wc_insert": "n token bytes + 12 per edge (pos, occ_slot) + 64 per occurrence (key, words sectors) "
+                 "+ 32 per occurrence of a new word (atomicMin, merged per block first); hot: at most one "
+                 "atomic per block round on the most frequent new word's slot",
+    "wc_verify": "n token bytes + 12 per edge + 160 per occurrence (words, wstart, wlen, scount sectors, "
+                 "the stored copy's first sector) + 2 per new-word byte + 64 per new word; hot: at most one "
+                 "atomic per block round on the most frequent word's slot (block_add)",
+    "wc_commit": "72 per new word",
+    "wc_rehash": "96 per word moved + 24 per new slot cleared",
+    "wc_extract": "2 per word byte + 64 per word",
+}
+
+
+def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words: int, word_bytes: int,
+                   host_s: float = 0.0) -> Projection:
+    """Charge the counting schedule of ``trace`` with ``device``'s parameters.
+    Each launch: node gap + max(bytes / copy bandwidth, hot atomics); each
+    round reads back two scalars (READBACK_S each) and makes two CuPy calls.
+    ``host_s``: the host's own work per corpus (the copy into pinned memory,
+    the special tokens' candidates resolved), measured where the model runs; it is charged once, as it
+    runs beside the device only in part (the driver waits for each chunk)."""
+    d = device
+    p = Projection(d)
+    p.hot_bound = {}  # launches whose serialized same-address atomics outlast their bytes
+    charge = p.charge
+
+    def charge_hot(name, chain_s, nbytes, hot=0):
+        if hot * d.HOT_ATOMIC_S > max(chain_s, nbytes / d.copy_bps):
+            p.hot_bound[name] = p.hot_bound.get(name, 0) + 1
+        charge(name, chain_s, nbytes, hot=hot)
+
+    p.charge = charge_hot
+    p.host("H2D: chunks through pinned memory (overlapped with counting)", 0.0, total_bytes)
+    last_slots = None
+    for e in trace:
+        n, edges, occ = e["n"], e["edges"], e["occ"]
+        tiles = n // 64 + 1
+        if e["round"] == 0:
+            if e.get("specials"):
+                p.charge("pretok_specials", d.RT_HBM_S, 2 * n)
+                p.charge("specials: flatnonzero (CuPy)", d.RT_HBM_S, 17 * n)
+                p.host("host: CuPy calls and read-backs per chunk", 2 * d.LIBCALL_S + 2 * d.READBACK_S)
+            p.charge("pretok_classify", d.RT_HBM_S, 2 * n)
+            p.charge("pretok_count", d.RT_HBM_S, 2 * n + 4 * tiles)
+            p.charge("scan (CuPy cumsum)", d.RT_HBM_S, 36 * tiles)
+            p.host("host: CuPy calls and read-backs per chunk", 2 * d.LIBCALL_S + d.READBACK_S)
+            p.charge("pretok_spans", d.RT_HBM_S, 2 * n + 8 * tiles + 4 * edges)
+            if last_slots is not None and e["slots"] != last_slots:
+                p.charge("wc_rehash", d.RT_HBM_S, 96 * words + 24 * e["slots"])  # at most all words moved
+            last_slots = e["slots"]
+        tok_bytes = n if e["round"] == 0 else n * occ / max(edges, 1)
+        # counts and elections merge per block in shared memory first (block_add / block_min):
+        # the hot slot gets at most one global atomic per block round, each round three barriers
+        rounds = math.ceil(occ / d.BLOCK)
+        barriers = 3 * math.ceil(occ / d.threads) * d.BARRIER_S
+        p.charge("wc_insert", 2 * d.RT_HBM_S + barriers, tok_bytes + 12 * edges + 64 * occ + 32 * e["new_occ"],
+                 hot=min(e["hot_new"], rounds))
+        p.charge("wc_verify", 3 * d.RT_HBM_S + barriers, tok_bytes + 12 * edges + 160 * occ + 2 * e["new_bytes"]
+                 + 64 * e["new_words"], hot=min(e["hot"], rounds))
+        p.host("host: read-back per round", d.READBACK_S + 2 * d.LIBCALL_S)
+        if e["new_words"]:
+            p.charge("wc_commit", d.RT_HBM_S, 72 * e["new_words"])
+    p.charge("wc_extract", d.RT_HBM_S, 2 * word_bytes + 64 * words)
+    if host_s:
+        p.host("host: copy into pinned memory, specials resolved (measured here)", host_s, 2 * total_bytes)
+    return p
+
+
+def pretok_report(p: Projection, total_bytes: int) -> list[str]:
+    """Markdown lines: per term, bytes moved, modelled seconds, corpus GB/s and
+    the share of the copy bandwidth it runs at."""
+    rows = ["| term | launches | GB moved | bytes per corpus byte | modelled s | corpus GB/s | "
+            "of copy bandwidth | hot-atomic-bound |",
+            "|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    h2d = total_bytes / p.device.H2D_BPS
+    for name, t in sorted(p.terms.items(), key=lambda kv: -kv[1].seconds):
+        s = h2d if name.startswith("H2D") else t.seconds
+        gbs = total_bytes / s / 1e9 if s else float("inf")
+        share = f"{t.bytes / s / p.device.copy_bps:.0%}" if s and not name.startswith(("H2D", "host")) else "–"
+        hot = p.hot_bound.get(name, 0) if not name.startswith(("H2D", "host")) else "–"
+        rows.append(f"| {name} | {t.launches:,} | {t.bytes / 1e9:.2f} | {t.bytes / total_bytes:.2f} | {s:.4f} | "
+                    f"{gbs:,.0f} | {share} | {hot} |")
+    return rows

@@ -137,6 +137,29 @@ PARQUET_BATCH_ROWS = 8192
 # (chunks are assembled from blocks at safe cuts).
 READ_BLOCK = 64 << 20
 
+# --- pre-tokenization and counting on the device (gpubpe/pretok/device.py) ---
+# backend='cuda' (and 'cuda-sim') training with the GPT-2 pattern counts on the
+# device and hands the WordTable to the merge loop there; False counts on the CPU.
+DEVICE_PRETOKENIZE = True
+# backend='auto' counts on the device only inputs of at least this many bytes
+# (or of unknown size: a stream); smaller ones on the CPU, as AUTO_CUDA_MIN_SYMBOLS
+# keeps small tables' merges there. An estimate, to be checked on a device.
+AUTO_DEVICE_COUNT_BYTES = 64 << 20
+# Rounds of the device word table per chunk (kernels/wordcount.cu): round r
+# hashes with seed r the occurrences whose key met another word. With a 64-bit
+# hash a second round is already rare; what is left after these goes to the host.
+DEVICE_COUNT_ROUNDS = 4
+# The device word table: initial slots (log2) and the load it is grown at, so
+# probe chains stay short; its size is set before a chunk for the worst case
+# (every occurrence a new word), never during one.
+DEVICE_COUNT_MIN_BITS = 12
+DEVICE_COUNT_MAX_LOAD = 0.5
+# Special tokens are looked for on the device (kernels/pretokenize.cu: every
+# byte compared with each token) up to this many tokens; more go through the
+# host's regex (its alternation does not slow down with the count).
+DEVICE_SPECIALS_MAX = 64
+
+
 # Where derived data is cached between runs (the Unicode class table rebuilt
 # for the installed `regex`, see gpubpe/pretok/unicode.py). GPUBPE_CACHE_DIR wins,
 # then $XDG_CACHE_HOME/gpubpe, then ~/.cache/gpubpe. An unwritable cache is

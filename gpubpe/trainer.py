@@ -161,11 +161,18 @@ def train_with_stats(
         if read_bar is not None:
             read_bar.update(n)
 
-    # the WordTable: the backend seam
+    # the WordTable: the backend seam. On the CUDA backends the GPT-2 pattern is
+    # pre-tokenized and counted on the device, and the table stays there for the
+    # merge loop (other patterns: counted on the CPU, as for backend='cpu')
     manifest: list = []
+    counter = rules.backend if rules.backend in ("cuda", "cuda-sim") and config.DEVICE_PRETOKENIZE else "cpu"
+    if counter != "cpu" and rules.auto:
+        size = input_size(paths)
+        if size is not None and size < config.AUTO_DEVICE_COUNT_BYTES:
+            counter = "cpu"  # too small to pay for the device's start-up
     table = table_of(count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
                                   on_bytes=on_bytes, text_field=text_field, text_column=text_column,
-                                  manifest=manifest))
+                                  manifest=manifest, backend=counter))
     if read_bar is not None:
         read_bar.close()
     if nbytes[0] == 0:
@@ -301,6 +308,8 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source, u
     if rules.auto and rules.backend == "cuda" and table.symbols.shape[0] < config.AUTO_CUDA_MIN_SYMBOLS:
         # too small to pay for the device's start-up: 'auto' means the faster one
         rules = replace(rules, backend="cpu", run=backends.get("cpu"))
+    if rules.backend == "cpu" and getattr(table, "on_device", False):
+        table = table.to_host()  # counted on the device, merged on the CPU
     options = backends.MergeOptions(max_len=rules.max_token_length or 0, rank=_ties.byte_rank(rules.ties),
                                     forced=forced, min_count=rules.min_frequency)
     t1 = time.perf_counter()
@@ -315,8 +324,9 @@ def _merge(table, *, vocab_size, special_tokens, rules, pattern, show, source, u
             # Python loop: a rare case, kept simple and exact)
             from .backends.cpu_python import merge_loop_python
 
+            host = table.to_host() if getattr(table, "on_device", False) else table
             merges, merge_counts, ntokens = merge_loop_python(
-                table.symbols, table.offsets, table.counts, requested, np.zeros(2, np.int64), options.max_len,
+                host.symbols, host.offsets, host.counts, requested, np.zeros(2, np.int64), options.max_len,
                 options.rank, np.asarray(merge_ids[: dup + 1], np.int32), options.min_count, reuse=True)
             merge_ids = merges.tolist()
     t2 = time.perf_counter()

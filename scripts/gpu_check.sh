@@ -7,6 +7,9 @@
 #   4. the cost model          the same corpus through bench_kernels.py --model
 #                              (the cuda-sim schedule charged with fixed
 #                              parameters), printed beside the measured loop
+#   5. device pre-tokenization count_pretokens(backend='cuda')'s path on 64 MB of
+#                              the corpus: counts against the CPU's (exact),
+#                              GB/s end to end and per kernel (bench_kernels.py --pretok)
 # and a short report, $OUT/gpu_check.md (plus the logs, at most 8 files).
 #
 # Needs what a bare device machine has: Python with CuPy, Numba, NumPy, pytest,
@@ -60,9 +63,9 @@ step() {  # step NAME LIMIT_S LOG command...
 # 1. the tests on the device ----------------------------------------------------
 # a bare machine may lack hypothesis or regex: the modules that need them are
 # then reported as collection errors while the rest still runs
-step "pytest -m gpu" 150 "$OUT/pytest_gpu.log" \
+step "pytest -m gpu" 130 "$OUT/pytest_gpu.log" \
     "$PY" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors \
-    tests/test_kernels.py tests/test_cuda_backend.py tests/test_train.py
+    tests/test_kernels.py tests/test_cuda_backend.py tests/test_train.py tests/test_device_pretok.py
 
 # 2. compute-sanitizer on a small training ---------------------------------------
 SAN="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1 || true)"
@@ -90,7 +93,7 @@ print("small training ok:", len(merges), "merges")
 EOF
 if [ -n "$SAN" ]; then
     for tool in memcheck racecheck; do
-        step "compute-sanitizer $tool" 60 "$OUT/sanitizer.log" \
+        step "compute-sanitizer $tool" 50 "$OUT/sanitizer.log" \
             "$SAN" --tool "$tool" --error-exitcode 9 "$PY" /tmp/gpubpe_small_training.py
     done
     grep -h "ERROR SUMMARY\|RACECHECK SUMMARY\|small training ok" "$OUT/sanitizer.log" | sed 's/^/    /' >> "$REPORT"
@@ -100,12 +103,16 @@ fi
 
 # 3. the benchmark -----------------------------------------------------------------
 CORPUS="${GPUBPE_BENCH_CORPUS:-auto:${GPUBPE_BENCH_MB:-64}}"
-step "bench_kernels ($CORPUS)" 130 "$OUT/bench.log" \
+step "bench_kernels ($CORPUS)" 110 "$OUT/bench.log" \
     "$PY" benchmarks/bench_kernels.py --corpus "$CORPUS" --vocab 32000 --out "$OUT"
 
 # 4. the cost model on the same corpus (cuda-sim; no device used) ----------------------
-step "cost model ($CORPUS)" 100 "$OUT/model.log" \
+step "cost model ($CORPUS)" 80 "$OUT/model.log" \
     "$PY" benchmarks/bench_kernels.py --model --corpus "$CORPUS" --vocab 32000 --out "$OUT"
+
+# 5. pre-tokenization and counting on the device ---------------------------------------
+step "device pre-tokenization ($CORPUS, 64 MB)" 60 "$OUT/pretok.log" \
+    "$PY" benchmarks/bench_kernels.py --pretok --pretok-mb 64 --corpus "$CORPUS" --out "$OUT"
 
 {
     echo
@@ -118,6 +125,10 @@ print(f\"cuda loop {r['cuda_s']:.3f} s, numba {r.get('numba_s', float('nan')):.2
     echo "- model:    $(tail -1 "$OUT/model.log")"
     echo
     if [ -f "$OUT/bench_kernels.md" ]; then cat "$OUT/bench_kernels.md"; else tail -20 "$OUT/bench.log"; fi
+    echo
+    echo "Device pre-tokenization and counting: $(tail -1 "$OUT/pretok.log")"
+    echo
+    if [ -f "$OUT/bench_pretok_device.md" ]; then cat "$OUT/bench_pretok_device.md"; else tail -20 "$OUT/pretok.log"; fi
     echo
     echo "Total: $(( $(date +%s) - T0 )) s"
 } >> "$REPORT"

@@ -20,9 +20,12 @@ STAGES = [
     ["gpubpe.patterns", "gpubpe.ties"],
     ["gpubpe.corpus"],
     ["gpubpe.wordtable"],  # the seam: what counting makes and every backend takes
+    # the engines: the merge loops, and the device (kernels, launchers) on which
+    # pre-tokenization and counting run too (gpubpe.pretok.device); they import
+    # nothing of the stages after the seam
+    ["gpubpe.backends"],
     ["gpubpe.pretok"],
     ["gpubpe.model", "gpubpe.counts"],
-    ["gpubpe.backends"],
     ["gpubpe.trainer"],
     ["gpubpe.formats"],
     ["gpubpe.tokenizer"],

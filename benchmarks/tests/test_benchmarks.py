@@ -239,3 +239,37 @@ def test_cost_model_counts_the_two_launch_schedule():
     assert p.merges == len(merges) and p.steps == sum(1 for e in trace if e["event"] == "step")
     assert p.run_depth_before >= 2 * 20000 > 10 * p.run_depth_walk
     assert "dependent round trips" in M.run_depth_line(p)
+
+
+def test_pretok_model_and_device_bench_run_in_the_simulator(tmp_path):
+    """bench_kernels.py --model --pretok traces the real driver in cuda-sim and
+    projects each launch; --pretok --sim runs the device measurement's code
+    (timings meaningless there). Both check the counts against the CPU's."""
+    import bench_kernels as BK
+
+    corpus = ROOT / "tests" / "fixtures" / "corpus.en"
+    assert BK.main(["--model", "--pretok", "--corpus", str(corpus), "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "cost_model_pretok.json").read_text())
+    assert res["identical"] and res["bytes"] == corpus.stat().st_size
+    for dev in ("A100", "H200"):
+        terms = res[dev]["terms"]
+        assert {"pretok_classify", "pretok_count", "pretok_spans", "wc_insert", "wc_verify"} <= set(terms)
+        assert res[dev]["stage_s"] >= max(res[dev]["h2d_s"], res[dev]["device_s"]) > 0
+    assert res["H200"]["device_s"] < res["A100"]["device_s"]
+    assert BK.main(["--pretok", "--sim", "--pretok-mb", "1", "--corpus", str(corpus), "--out", str(tmp_path)]) == 0
+    assert "counts identical to the CPU's count_table: **True**" in (tmp_path / "bench_pretok_device.md").read_text()
+
+
+def test_pretok_model_charges_hot_atomics():
+    """The atomics on the hottest slot are charged at one per block round
+    (merged per block first), so 200,000 occurrences of one word cost 977
+    serialized atomics, fewer than the launch's bytes: not hot-atomic-bound."""
+    import cost_model as M
+
+    e = {"n": 1 << 20, "edges": 250_000, "round": 0, "occ": 250_000, "new_words": 0, "left": 0, "hot": 200_000,
+         "hot_new": 0, "new_occ": 0, "new_bytes": 0, "slots": 1 << 20, "specials": False}
+    p = M.project_pretok([e], M.H200, total_bytes=1 << 20, words=1, word_bytes=1)
+    v = p.terms["wc_verify"]
+    assert "wc_verify" not in p.hot_bound and "wc_insert" not in p.hot_bound
+    assert v.seconds == pytest.approx(M.H200.GAP_S + max(3 * M.H200.RT_HBM_S + 3 * M.H200.BARRIER_S * 4,
+                                                           v.bytes / M.H200.copy_bps + 977 * M.H200.HOT_ATOMIC_S))

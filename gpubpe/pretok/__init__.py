@@ -12,7 +12,10 @@ Two engines give the same pre-tokens:
   in ``workers`` threads (the Numba code releases the GIL);
 * any other pattern (``'cl100k'``, ``'o200k'``, a regex string), and inputs
   below ``config.NUMBA_PRETOKENIZE_BYTES``, go through ``regex``, in worker
-  processes (:mod:`.regex_engine`).
+  processes (:mod:`.regex_engine`);
+* with ``backend='cuda'`` (or ``'cuda-sim'``, the same kernels on the CPU) the
+  GPT-2 pattern runs as CUDA kernels and counts into a device hash table
+  (:mod:`.device`); other patterns keep the CPU engines.
 
 The corpus arrives as chunks cut where the result cannot change
 (:mod:`gpubpe.corpus`); memory stays bounded by a few chunks plus the unique
@@ -35,14 +38,25 @@ from .regex_engine import count_regex, findall_piece
 __all__ = ["count", "count_inputs", "count_pretokens", "count_table", "pretokenize", "table_of"]
 
 
-def pretokenize(data: bytes, *, special_tokens: Sequence[str] = (), pattern: str = "gpt2") -> list[bytes]:
+def _backend(backend: str, pattern: str) -> str:
+    """'cpu', or the device backend that runs ``pattern`` (the GPT-2 pattern
+    only: other patterns stay on the CPU engines)."""
+    from ..backends import resolve
+
+    name = resolve(_validate.backend(backend))
+    return name if name != "cpu" and is_gpt2(pattern) else "cpu"
+
+
+def pretokenize(data: bytes, *, special_tokens: Sequence[str] = (), pattern: str = "gpt2",
+                backend: str = "cpu") -> list[bytes]:
     """Split ``data`` into pre-tokens, in order.
 
     Special tokens cut the input and are not returned (they never take part in
     merges). Bytes that are not well-formed UTF-8 are characters of their own.
     ``pattern`` is ``'gpt2'`` (the default), ``'cl100k'``, ``'o200k'`` or a
     regex; pre-tokens that are empty strings (a user regex may match nothing)
-    are dropped.
+    are dropped. ``backend``: ``'cpu'`` (default), ``'cuda'`` or
+    ``'cuda-sim'`` (the device kernels, for the GPT-2 pattern), ``'auto'``.
 
     >>> pretokenize(b"Hello, world<|endoftext|>it's", special_tokens=["<|endoftext|>"])
     [b'Hello', b',', b' world', b'it', b"'s"]
@@ -52,6 +66,11 @@ def pretokenize(data: bytes, *, special_tokens: Sequence[str] = (), pattern: str
     pattern = resolve_pattern(pattern)
     specials = special_bytes(_validate.special_tokens(special_tokens))
     data = bytes(data)
+    name = _backend(backend, pattern)
+    if name != "cpu":
+        from .device import pretokenize_device
+
+        return pretokenize_device(data, specials, backend=name)
     if is_gpt2(pattern) and len(data) >= config.NUMBA_PRETOKENIZE_BYTES:
         return _pretokenize_numba(data, specials)
     out: list[bytes] = []
@@ -94,11 +113,17 @@ def _engine(chunks: Iterator[bytes], pattern: str) -> tuple[str, Iterator[bytes]
     return "numba", rest()
 
 
-def count(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int, pattern: str):
+def count(chunks: Iterator[bytes], specials: tuple[bytes, ...], *, workers: int, pattern: str, backend: str = "cpu"):
     """Count the chunks' pre-tokens: a :class:`~gpubpe.pretok.tables.CountTable`
-    (Numba engine) or a ``{bytes: count}`` dict (regex engine), whichever the
-    engine makes, so that neither is converted into the other for nothing.
-    ``pattern`` is a resolved regex (:func:`~gpubpe.patterns.resolve_pattern`)."""
+    (Numba engine), a ``{bytes: count}`` dict (regex engine) or a
+    :class:`~gpubpe.pretok.device.DeviceWordTable` (a device backend), whichever
+    the engine makes, so that none is converted into another for nothing.
+    ``pattern`` is a resolved regex (:func:`~gpubpe.patterns.resolve_pattern`);
+    ``backend``: a concrete backend name ('cpu', 'cuda', 'cuda-sim')."""
+    if backend != "cpu" and is_gpt2(pattern):
+        from .device import count_device
+
+        return count_device(chunks, specials, backend=backend)
     engine, chunks = _engine(iter(chunks), pattern)
     if engine == "regex":
         return count_regex(chunks, specials, workers, pattern)
@@ -116,25 +141,37 @@ def table_of(counted):
     """What :func:`count` made, as a :class:`~gpubpe.wordtable.WordTable`. On the
     Numba path the table's arrays come from the hash tables directly (no dict
     of all words is built): symbols are the byte values (int32), one row per
-    unique pre-token, in no particular order."""
+    unique pre-token, in no particular order. A device table stays on the
+    device (:class:`~gpubpe.pretok.device.DeviceWordTable`: the device merge
+    loop takes it as it is; ``to_host()`` copies it)."""
     from ..wordtable import WordTable
 
+    if getattr(counted, "on_device", False):
+        return counted
     return WordTable.from_counts(counted) if isinstance(counted, dict) else counted.to_wordtable()
 
 
+def _as_dict(counted) -> dict[bytes, int]:
+    if isinstance(counted, dict):
+        return counted
+    return counted.to_counts() if getattr(counted, "on_device", False) else counted.to_dict()
+
+
 def count_inputs(paths, texts, specials: tuple[bytes, ...], *, workers: int, pattern: str, chunk_size: int,
-                 on_bytes=None, text_field: str = "text", text_column: str = "text", manifest: list | None = None):
+                 on_bytes=None, text_field: str = "text", text_column: str = "text", manifest: list | None = None,
+                 backend: str = "cpu"):
     """Count the inputs that :func:`gpubpe._validate.inputs` split into files or
     a text iterable, as :func:`count` does: the one way from inputs to counts,
     for :func:`count_pretokens`, training and :func:`gpubpe.count`. Record files
     and text batches are cut between documents too (:func:`~gpubpe.corpus.count_specials`);
-    ``on_bytes`` and ``manifest`` as in :func:`~gpubpe.corpus.iter_chunks`."""
+    ``on_bytes`` and ``manifest`` as in :func:`~gpubpe.corpus.iter_chunks`;
+    ``backend`` as in :func:`count`."""
     batches = False
     if texts is not None:
         texts, batches = peek_batches(texts)
     chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern, text_field=text_field,
                          text_column=text_column, manifest=manifest)
-    return count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern)
+    return count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern, backend=backend)
 
 
 def count_pretokens(
@@ -146,6 +183,7 @@ def count_pretokens(
     pattern: str = "gpt2",
     text_field: str = "text",
     text_column: str = "text",
+    backend: str = "cpu",
 ) -> dict[bytes, int]:
     """Count the unique pre-tokens of ``source``: ``{pre-token bytes: count}``.
 
@@ -158,6 +196,10 @@ def count_pretokens(
     plus the unique pre-tokens, and the result does not depend on it (where
     chunks may be cut: :func:`gpubpe.corpus.safe_cut`). ``pattern``: ``'gpt2'`` (default, the fast path),
     ``'cl100k'``, ``'o200k'``, or any regex (through the ``regex`` package).
+    ``backend``: ``'cpu'`` (default); ``'cuda'`` pre-tokenizes and counts the
+    GPT-2 pattern on the device (``'cuda-sim'``: the same kernels on the CPU,
+    for tests), ``'auto'`` on the device where one answers; other patterns
+    are counted on the CPU whatever the backend.
 
     >>> count_pretokens(b"the cat the")
     {b'the': 1, b' cat': 1, b' the': 1}
@@ -166,14 +208,13 @@ def count_pretokens(
     nworkers = _validate.workers(workers)
     chunk_size = _validate.chunk_size(chunk_size)
     pattern = resolve_pattern(pattern)
+    name = _backend(backend, pattern)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         blocks = (data[i : i + chunk_size] for i in range(0, len(data), chunk_size))
         chunks = cut_stream(blocks, specials, chunk_size, pattern=pattern)
     else:
         paths, texts = _validate.inputs(source)
-        counted = count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
-                               text_field=text_field, text_column=text_column)
-        return counted if isinstance(counted, dict) else counted.to_dict()
-    counted = count(chunks, specials, workers=nworkers, pattern=pattern)
-    return counted if isinstance(counted, dict) else counted.to_dict()
+        return _as_dict(count_inputs(paths, texts, specials, workers=nworkers, pattern=pattern, chunk_size=chunk_size,
+                                     text_field=text_field, text_column=text_column, backend=name))
+    return _as_dict(count(chunks, specials, workers=nworkers, pattern=pattern, backend=name))

@@ -151,14 +151,20 @@ class _Loop:
         self.n = n
         k = dev.k
         # the upload: symbols as bytes (every initial symbol is one), offsets and
-        # counts; the links are built on the device
-        symbols = np.asarray(table.symbols)
-        if n and int(symbols.max()) > 255:
-            raise ValueError("a WordTable's initial symbols are bytes (0..255)")
-        off = np.ascontiguousarray(table.offsets, np.int64)
+        # counts; the links are built on the device. A table counted on the
+        # device (gpubpe.pretok.device.DeviceWordTable) is there already, in
+        # that form: nothing crosses the bus.
+        if getattr(table, "on_device", False):
+            bytes_, off = table.symbols, table.offsets
+        else:
+            symbols = np.asarray(table.symbols)
+            if n and int(symbols.max()) > 255:
+                raise ValueError("a WordTable's initial symbols are bytes (0..255)")
+            bytes_ = dev.to_device(symbols, np.uint8)
+            off = dev.to_device(np.ascontiguousarray(table.offsets, np.int64))
         self.sym, self.nxt, self.prv, self.wrd = (dev.empty(max(n, 1), np.int32) for _ in range(4))
         if n:
-            k.build_links(block=dev.block, bytes_=dev.to_device(symbols, np.uint8), off=dev.to_device(off),
+            k.build_links(block=dev.block, bytes_=bytes_, off=off,
                           nwords=int(table.num_words), n=n, sym=self.sym, nxt=self.nxt, prv=self.prv, wrd=self.wrd)
         self.counts = dev.to_device(table.counts, np.int64)
         st = np.zeros(K.ST_SIZE, np.int64)
@@ -474,7 +480,7 @@ def make_backend(*, sim: bool):
         num_merges = int(num_merges)
         if num_merges <= 0:
             return (np.zeros((0, 2), np.int32), np.zeros(0, np.int64),
-                    int((np.diff(table.offsets) * table.counts).sum()))
+                    int(((table.offsets[1:] - table.offsets[:-1]) * table.counts).sum()))
         dev = _Dev(sim)
         with dev.on_stream():
             return _Loop(dev, table, num_merges, options.max_len, rank=options.rank, forced=options.forced,

@@ -40,6 +40,10 @@ HALT_NO_PAIR, HALT_TABLE, HALT_TOKBUF, HALT_INTERNAL, HALT_REFILL, HALT_CAND, HA
 SEL_SLOT, SEL_CNT, SEL_KEY, SEL_LSTART, SEL_PRE, SEL_MAXC, SEL_NOCC, SEL_FILL, SEL_TOK, SEL_POOL = range(10)
 SEL_FIELDS, SELECT_LOCAL, SELECT_UNROLL, DECIDE_MAX, RUN_UNROLL, LRUN_FIELDS = 10, 4, 8, 256, 4, 4
 EMPTY_KEY = np.uint64(0xFFFFFFFFFFFFFFFF)
+# Pre-tokenization and word counting (kernels/pretokenize.cu, kernels/wordcount.cu; checked by the tests)
+PT_TILE = 64
+WC_USED, WC_NWORDS, WC_ABYTES, WC_NEXT, WC_ERR, WC_SIZE = 0, 1, 2, 3, 4, 8
+WC_NO_REP = 2**63 - 1
 MAX_BLOCK = 256  # as kernels/common.cuh sizes its shared arrays
 
 

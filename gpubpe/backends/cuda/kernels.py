@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue import *  # noqa: F401,F403 (the status layout is part of the wrappers' API)
-from .catalogue import _CTYPES, DECIDE_MAX, LRUN_FIELDS, MAX_BLOCK, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, device_source, kernel_dir, \
+from .catalogue import _CTYPES, DECIDE_MAX, LRUN_FIELDS, MAX_BLOCK, PT_TILE, WC_SIZE, SEL_FIELDS, SELECT_LOCAL, NVRTC_STD, KernelSig, \
+    device_source, kernel_dir, \
     signatures
 
 
@@ -67,6 +68,12 @@ def _device_module(path: str):
 
     # NVRTC runs here, once per file and process (and CuPy caches the binary on disk).
     return cupy.RawModule(code=device_source(Path(path)), options=(NVRTC_STD,))
+
+
+def pretok_tiles(n: int) -> int:
+    """Tiles of PT_TILE positions covering positions 0..n (n: the end of the data),
+    as pretok_count and pretok_spans cut them."""
+    return int(n) // PT_TILE + 1
 
 
 class Kernels:
@@ -209,3 +216,93 @@ class Kernels:
         self._launch("compact_scatter", grid, block, dict(sym=sym, nxt=nxt, prv=prv, wrd=wrd, keep=keep,
                                                           newpos=newpos, n=n, out_sym=out_sym, out_nxt=out_nxt,
                                                           out_prv=out_prv, out_wrd=out_wrd))
+
+    # -- pretokenize.cu -----------------------------------------------------
+    def pretok_specials(self, *, block, data, n, sp_bytes, sp_off, mark, grid=None):
+        nsp = sp_off.shape[0] - 1
+        if not 1 <= nsp <= 255 or sp_bytes.shape[0] < nsp:
+            raise ValueError("pretok_specials: 1..255 special tokens (sp_off holds one offset more)")
+        if data.shape[0] < n or mark.shape[0] < n:
+            raise ValueError(f"pretok_specials: data and mark must hold n={n} bytes")
+        grid = grid or self.grid_over(n, block)
+        self._launch("pretok_specials", grid, block, dict(data=data, n=n, sp_bytes=sp_bytes, sp_off=sp_off,
+                                                          nsp=nsp, mark=mark))
+
+    def pretok_classify(self, *, block, data, n, sp_start, sp_end, cls, bmp, stage1, stage2, info, grid=None):
+        if data.shape[0] < n or info.shape[0] < n:
+            raise ValueError(f"pretok_classify: data and info must hold n={n} bytes")
+        if sp_start.shape != sp_end.shape:
+            raise ValueError("pretok_classify: sp_start and sp_end must hold one entry per special token")
+        if cls.shape[0] != 256 or bmp.shape[0] != 65536 or stage1.shape[0] != 0x1100 or stage2.shape[0] % 256:
+            raise ValueError("pretok_classify: class tables of the wrong size (see gpubpe.pretok.unicode.scan_tables)")
+        grid = grid or self.grid_over(n, block)
+        self._launch("pretok_classify", grid, block, dict(data=data, n=n, sp_start=sp_start, sp_end=sp_end,
+                                                          nspec=sp_start.shape[0], cls=cls, bmp=bmp, stage1=stage1,
+                                                          stage2=stage2, info=info))
+
+    def pretok_count(self, *, block, data, info, n, tcount, grid=None):
+        ntiles = pretok_tiles(n)
+        if tcount.shape[0] < ntiles:
+            raise ValueError(f"pretok_count: tcount must hold {ntiles} tiles")
+        grid = grid or self.grid_over(ntiles, block)
+        self._launch("pretok_count", grid, block, dict(data=data, info=info, n=n, ntiles=ntiles, tcount=tcount))
+
+    def pretok_spans(self, *, block, data, info, n, toff, pos, grid=None):
+        ntiles = pretok_tiles(n)
+        if toff.shape[0] < ntiles:
+            raise ValueError(f"pretok_spans: toff must hold {ntiles} tiles")
+        grid = grid or self.grid_over(ntiles, block)
+        self._launch("pretok_spans", grid, block, dict(data=data, info=info, n=n, ntiles=ntiles, toff=toff,
+                                                       pos=pos))
+
+    # -- wordcount.cu -------------------------------------------------------
+    @staticmethod
+    def _check_table(name, keys, bits, *arrays):
+        if keys.shape[0] != 1 << int(bits) or any(a.shape[0] != keys.shape[0] for a in arrays):
+            raise ValueError(f"{name}: every table array must hold 1 << bits slots")
+
+    def wc_insert(self, *, block, data, pos, nedges, todo, ntodo, rnd, hmask, keys, words, reps, bits, occ_slot,
+                  wst, grid=None):
+        self._check_table("wc_insert", keys, bits, words, reps)
+        if pos.shape[0] < nedges or occ_slot.shape[0] < nedges or (rnd and todo.shape[0] < ntodo):
+            raise ValueError("wc_insert: pos must hold nedges edges, occ_slot nedges, todo ntodo")
+        grid = grid or self.grid_over(nedges if rnd == 0 else ntodo, block)
+        self._launch("wc_insert", grid, block, dict(data=data, pos=pos, nedges=nedges, todo=todo, ntodo=ntodo,
+                                                    rnd=rnd, hmask=hmask, keys=keys, words=words, reps=reps,
+                                                    bits=bits, occ_slot=occ_slot, wst=wst))
+
+    def wc_verify(self, *, block, data, pos, nedges, todo, ntodo, rnd, keys, words, reps, scount, occ_slot, arena,
+                  wstart, wlen, wslot, wkey, nxt, wst, grid=None):
+        self._check_table("wc_verify", keys, int(keys.shape[0]).bit_length() - 1, words, reps, scount)
+        if not (wstart.shape[0] == wlen.shape[0] == wslot.shape[0] == wkey.shape[0]):
+            raise ValueError("wc_verify: the word arrays must hold the same number of words")
+        if nxt.shape[0] < (nedges if rnd == 0 else ntodo):
+            raise ValueError("wc_verify: next must hold one entry per occurrence")
+        grid = grid or self.grid_over(nedges if rnd == 0 else ntodo, block)
+        self._launch("wc_verify", grid, block, dict(data=data, pos=pos, nedges=nedges, todo=todo, ntodo=ntodo,
+                                                    rnd=rnd, keys=keys, words=words, reps=reps, scount=scount,
+                                                    occ_slot=occ_slot, arena=arena, acap=arena.shape[0],
+                                                    wstart=wstart, wlen=wlen, wslot=wslot, wkey=wkey,
+                                                    wcap=wstart.shape[0], next=nxt, wst=wst))
+
+    def wc_commit(self, *, block, first, last, wslot, words, reps, grid=None):
+        if last > wslot.shape[0]:
+            raise ValueError("wc_commit: word ids past wslot")
+        grid = grid or self.grid_over(max(last - first, 1), block)
+        self._launch("wc_commit", grid, block, dict(first=first, last=last, wslot=wslot, words=words, reps=reps))
+
+    def wc_rehash(self, *, block, nwords, wkey, wslot, scount, new_keys, new_words, new_scount, new_bits, wst,
+                  grid=None):
+        self._check_table("wc_rehash", new_keys, new_bits, new_words, new_scount)
+        grid = grid or self.grid_over(max(nwords, 1), block)
+        self._launch("wc_rehash", grid, block, dict(nwords=nwords, wkey=wkey, wslot=wslot, scount=scount,
+                                                    new_keys=new_keys, new_words=new_words, new_scount=new_scount,
+                                                    new_bits=new_bits, wst=wst))
+
+    def wc_extract(self, *, block, nwords, arena, wstart, wlen, wslot, scount, off, symbols, counts, grid=None):
+        if off.shape[0] != nwords + 1 or counts.shape[0] < nwords:
+            raise ValueError("wc_extract: off must hold nwords + 1 offsets and counts nwords")
+        grid = grid or self.grid_over(max(nwords, 1), block)
+        self._launch("wc_extract", grid, block, dict(nwords=nwords, arena=arena, wstart=wstart, wlen=wlen,
+                                                     wslot=wslot, scount=scount, off=off, symbols=symbols,
+                                                     counts=counts))

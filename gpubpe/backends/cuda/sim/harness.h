@@ -73,6 +73,8 @@ static inline unsigned long long atomicCAS(unsigned long long* p, unsigned long 
 }
 static inline int atomicMax(int* p, int v) { int o = *p; if (v > o) *p = v; return o; }
 static inline long long atomicMax(long long* p, long long v) { long long o = *p; if (v > o) *p = v; return o; }
+static inline int atomicMin(int* p, int v) { int o = *p; if (v < o) *p = v; return o; }
+static inline long long atomicMin(long long* p, long long v) { long long o = *p; if (v < o) *p = v; return o; }
 static inline int atomicExch(int* p, int v) { int o = *p; *p = v; return o; }
 static inline void __threadfence() {}
 
