@@ -79,10 +79,15 @@ def test_interrupt_stops_the_merge_loop_without_a_progress_bar(tmp_path, monkeyp
     monkeypatch.setattr(backends, "get", lambda name: run)
     if engine == "numba":  # compile outside the measurement
         gpubpe.train(iter(["ab ab abc"]), vocab_size=260, backend="cpu", progress=False)
+        started.clear()  # the measured run's loop, not this one, starts the clock
 
     def interrupt():
+        # once the loop has made a merge (a fixed sleep is not enough on a
+        # loaded machine, where the Python loop's set-up alone can take longer)
         started.wait(30)
-        time.sleep(0.5)
+        deadline = time.perf_counter() + 30
+        while seen["progress"][0] == 0 and time.perf_counter() < deadline:
+            time.sleep(0.01)
         seen["t"] = time.perf_counter()
         os.kill(os.getpid(), signal.SIGINT)
 
