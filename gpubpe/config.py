@@ -85,6 +85,11 @@ CPU_STEP_MIN_THREADS = 16
 # chunks balance words of uneven length; the merges do not depend on either).
 CPU_STEP_CANDIDATES = 32
 CPU_STEP_CHUNKS_PER_THREAD = 4
+# A phase of a step runs on the thread pool only when it visits at least this
+# many words; smaller ones run on the calling thread (a fork and join of the
+# pool costs more than a few hundred word visits, and on a loaded machine a
+# descheduled worker stalls the join for a time slice).
+CPU_STEP_PARALLEL_WORDS = 2048
 
 # --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
 # backend='auto' keeps tables below this many symbols on the CPU even where a

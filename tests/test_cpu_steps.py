@@ -32,8 +32,10 @@ NO_RANK = np.zeros(0, np.int64)
 NONE_FORCED = np.zeros((0, 2), np.int32)
 
 
-def run_steps(counts, n, *, threads=1, ties="cs336", max_len=0, min_count=0, forced=(), max_cand=None, chunks=None):
-    """The step loop on ``threads`` Numba threads: (merges as byte pairs, counts, steps)."""
+def run_steps(counts, n, *, threads=1, ties="cs336", max_len=0, min_count=0, forced=(), max_cand=None, chunks=None,
+              par_words=0):
+    """The step loop on ``threads`` Numba threads: (merges as byte pairs, counts, steps).
+    ``par_words`` 0: every phase of every step on the pool, however small."""
     table = WordTable.from_counts(counts)
     ids = {bytes([b]): b for b in range(256)}
     fids = []
@@ -47,7 +49,7 @@ def run_steps(counts, n, *, threads=1, ties="cs336", max_len=0, min_count=0, for
         merges, mcount, _, nsteps = cpu_steps.step_loop(
             table.symbols, table.offsets, table.counts, n, np.zeros(2, np.int64), max_len, rank,
             np.array(fids, np.int32).reshape(-1, 2), min_count, max_cand or config.CPU_STEP_CANDIDATES,
-            numba.config.NUMBA_NUM_THREADS, chunks or config.CPU_STEP_CHUNKS_PER_THREAD * threads)
+            numba.config.NUMBA_NUM_THREADS, threads, chunks or config.CPU_STEP_CHUNKS_PER_THREAD * threads, par_words)
     finally:
         numba.set_num_threads(before)
     vocab = {i: bytes([i]) for i in range(256)}
@@ -70,8 +72,9 @@ THREADS = [1, 2] if numba.config.NUMBA_NUM_THREADS >= 2 else [1]
 @given(words=corpora, n=st.integers(0, 50), ties=st.sampled_from(["cs336", "hf", "rustbpe"]),
        max_len=st.sampled_from([0, 0, 2, 3, 5]), min_count=st.sampled_from([0, 0, 2, 9]),
        threads=st.sampled_from(THREADS), max_cand=st.sampled_from([1, 2, 3, 32]), chunks=st.integers(1, 9),
-       data=st.data())
-def test_step_loop_gives_the_oracle_merges(words, n, ties, max_len, min_count, threads, max_cand, chunks, data):
+       par_words=st.sampled_from([0, 0, 3, 1 << 40]), data=st.data())
+def test_step_loop_gives_the_oracle_merges(words, n, ties, max_len, min_count, threads, max_cand, chunks, par_words,
+                                           data):
     want_counts: list = []
     want = reference_merges_from_counts(words, n, max_len, ties, min_count, want_counts)
     forced = want[:data.draw(st.integers(0, len(want)))] if data.draw(st.booleans()) else []
@@ -80,7 +83,7 @@ def test_step_loop_gives_the_oracle_merges(words, n, ties, max_len, min_count, t
         want_counts = []
         want = reference_merges_from_counts(words, n, max_len, ties, min_count, want_counts, forced=forced)
     got, counts, nsteps = run_steps(words, n, threads=threads, ties=ties, max_len=max_len, min_count=min_count,
-                                    forced=forced, max_cand=max_cand, chunks=chunks)
+                                    forced=forced, max_cand=max_cand, chunks=chunks, par_words=par_words)
     assert got == want
     assert counts == want_counts
     assert nsteps <= len(got) and (nsteps >= 1 or not got)
@@ -134,7 +137,7 @@ data = open({corpus!r}, "rb").read()
 cases = ADJACENT + [dict(Counter(reference_pretokens(data, ["<|endoftext|>"])))]
 out = []
 for words in cases:
-    got, counts, nsteps = run_steps(words, 120, threads=4, chunks=16)
+    got, counts, nsteps = run_steps(words, 120, threads=4, chunks=16)  # every phase on the pool
     out.append([got == reference_merges_from_counts(words, 120), nsteps < len(got)])
 print(json.dumps([numba.get_num_threads(), out]))
 """

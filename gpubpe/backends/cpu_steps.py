@@ -64,54 +64,58 @@ from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _com
 _SELF = -2  # the merge's own new token while its created pairs are counted
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _created_max(ws, wd, pool, pdata, cand, ncand, lcnt, lst, rcnt, rst, stamp0, out):
-    """``out[k]`` for k < ncand - 1: the largest count among the pairs that
-    merging candidate ``cand[k]`` alone would create in the current state
-    (0 if none): ``(x, t)``, ``(t, y)`` and ``(t, t)`` where t is its new
-    token. ``lcnt/rcnt[thread, x]`` count ``(x, t)`` and ``(t, x)``; an entry
-    is valid only while ``lst/rst`` holds this candidate's stamp (``stamp0 +
-    k``), so nothing is cleared between candidates."""
-    for k in prange(ncand - 1):
-        tid = numba.get_thread_id()
-        p = cand[k]
-        st = stamp0 + k
-        mx = np.int64(0)
-        ss = np.int64(0)
-        vs = pdata[p, _VSTART]
-        for vi in range(pdata[p, _VLEN]):
-            wk = pool[vs + vi]
-            base = wd[wk, _OFF]
-            n = wd[wk, _LEN]
-            w = wd[wk, _WCOUNT]
-            prev = np.int64(-1)
-            i = 0
-            while i < n:
-                if i < n - 1 and ws[2 * (base + i) + 1] == p:
-                    cur = np.int64(_SELF)
-                    i += 2
+@njit(cache=True, nogil=True)
+def _created_one(k, tid, ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp0, out):
+    """``out[k]``: the largest count among the pairs that merging candidate
+    ``cand[k]`` alone would create in the current state (0 if none): ``(x,
+    t)``, ``(t, y)`` and ``(t, t)`` where t is its new token.
+    ``lcnt/rcnt[tid, x]`` count ``(x, t)`` and ``(t, x)``; an entry is valid
+    only while ``lst/rst`` holds this candidate's stamp (``stamp0 + k``), so
+    nothing is cleared between candidates."""
+    p = cand[k]
+    st = stamp0 + k
+    mx = np.int64(0)
+    ss = np.int64(0)
+    vs = pdata[p, _VSTART]
+    for vi in range(pdata[p, _VLEN]):
+        wk = pool[vs + vi]
+        base = wd[wk, _OFF]
+        n = wd[wk, _LEN]
+        w = wd[wk, _WCOUNT]
+        prev = np.int64(-1)
+        i = 0
+        while i < n:
+            if i < n - 1 and ws[2 * (base + i) + 1] == p:
+                cur = np.int64(_SELF)
+                i += 2
+            else:
+                cur = np.int64(ws[2 * (base + i)])
+                i += 1
+            if prev == _SELF:
+                if cur == _SELF:
+                    ss += w
+                    c = ss
                 else:
-                    cur = np.int64(ws[2 * (base + i)])
-                    i += 1
-                if prev == _SELF:
-                    if cur == _SELF:
-                        ss += w
-                        c = ss
-                    else:
-                        if rst[tid, cur] != st:
-                            rst[tid, cur] = st
-                            rcnt[tid, cur] = 0
-                        rcnt[tid, cur] += w
-                        c = rcnt[tid, cur]
-                    mx = max(mx, c)
-                elif cur == _SELF and prev != -1:
-                    if lst[tid, prev] != st:
-                        lst[tid, prev] = st
-                        lcnt[tid, prev] = 0
-                    lcnt[tid, prev] += w
-                    mx = max(mx, lcnt[tid, prev])
-                prev = cur
-        out[k] = mx
+                    if rst[tid, cur] != st:
+                        rst[tid, cur] = st
+                        rcnt[tid, cur] = 0
+                    rcnt[tid, cur] += w
+                    c = rcnt[tid, cur]
+                mx = max(mx, c)
+            elif cur == _SELF and prev != -1:
+                if lst[tid, prev] != st:
+                    lst[tid, prev] = st
+                    lcnt[tid, prev] = 0
+                lcnt[tid, prev] += w
+                mx = max(mx, lcnt[tid, prev])
+            prev = cur
+    out[k] = mx
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _created_par(k0, k1, ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp0, out):
+    for k in prange(k0, k1):
+        _created_one(k, numba.get_thread_id(), ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp0, out)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -124,80 +128,87 @@ def _chunk_sizes(wd, words, lo, nchunks, sizes):
         sizes[c] = s
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _apply(ws, wd, words, lo, nchunks, acc, first, roff, dec, ndec, new, nnew):
-    """Rewrite the words of each chunk with all accepted merges (``acc[p] >=
+@njit(cache=True, nogil=True)
+def _apply_chunk(c, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew):
+    """Rewrite the words of chunk c with all accepted merges (``acc[p] >=
     first``: pair p is accepted, ``acc[p]`` its new token) and record, from
     ``roff[c]`` on, the decrements ``dec[2 r:2 r + 2] = (pair, count)`` and the
     new pairs ``new[4 r:4 r + 4] = (key, word, symbol index, count)``;
     ``ndec[c]``, ``nnew[c]``: how many."""
-    for c in prange(nchunks):
-        d = roff[c]
-        r = roff[c]
-        for wi in range(lo[c], lo[c + 1]):
-            k = words[wi]
-            base = wd[k, _OFF]
-            n = wd[k, _LEN]
-            w = wd[k, _WCOUNT]
-            found = False
-            last = -1
-            i = 0
-            while i < n - 1:
-                if acc[ws[2 * (base + i) + 1]] >= first:
-                    found = True
-                    q0 = max(i - 1, last + 1)
-                    q1 = min(i + 1, n - 2)
-                    for q in range(q0, q1 + 1):
-                        pq = ws[2 * (base + q) + 1]
-                        if acc[pq] < first:
-                            dec[2 * d] = pq
-                            dec[2 * d + 1] = w
-                            d += 1
-                    last = q1
-                    i += 2
-                else:
-                    i += 1
-            if not found:
-                continue  # a stale entry of a word vector
-            # in place: the write index never passes the read index
-            j = 0
-            i = 0
-            while i < n:
-                if i < n - 1 and acc[ws[2 * (base + i) + 1]] >= first:
-                    ws[2 * (base + j)] = acc[ws[2 * (base + i) + 1]]
-                    i += 2
-                else:
-                    ws[2 * (base + j)] = ws[2 * (base + i)]
-                    ws[2 * (base + j) + 1] = ws[2 * (base + i) + 1]
-                    i += 1
-                j += 1
-            n = j
-            wd[k, _LEN] = n
-            last = -1
-            for jj in range(n):
-                if ws[2 * (base + jj)] < first:
-                    continue
-                q0 = max(jj - 1, last + 1)
-                q1 = min(jj, n - 2)
+    d = roff[c]
+    r = roff[c]
+    for wi in range(lo[c], lo[c + 1]):
+        k = words[wi]
+        base = wd[k, _OFF]
+        n = wd[k, _LEN]
+        w = wd[k, _WCOUNT]
+        found = False
+        last = -1
+        i = 0
+        while i < n - 1:
+            if acc[ws[2 * (base + i) + 1]] >= first:
+                found = True
+                q0 = max(i - 1, last + 1)
+                q1 = min(i + 1, n - 2)
                 for q in range(q0, q1 + 1):
-                    new[4 * r] = (np.int64(ws[2 * (base + q)]) << 32) | np.int64(ws[2 * (base + q + 1)])
-                    new[4 * r + 1] = k
-                    new[4 * r + 2] = base + q
-                    new[4 * r + 3] = w
-                    r += 1
-                    last = q
-        ndec[c] = d - roff[c]
-        nnew[c] = r - roff[c]
+                    pq = ws[2 * (base + q) + 1]
+                    if acc[pq] < first:
+                        dec[2 * d] = pq
+                        dec[2 * d + 1] = w
+                        d += 1
+                last = q1
+                i += 2
+            else:
+                i += 1
+        if not found:
+            continue  # a stale entry of a word vector
+        # in place: the write index never passes the read index
+        j = 0
+        i = 0
+        while i < n:
+            if i < n - 1 and acc[ws[2 * (base + i) + 1]] >= first:
+                ws[2 * (base + j)] = acc[ws[2 * (base + i) + 1]]
+                i += 2
+            else:
+                ws[2 * (base + j)] = ws[2 * (base + i)]
+                ws[2 * (base + j) + 1] = ws[2 * (base + i) + 1]
+                i += 1
+            j += 1
+        n = j
+        wd[k, _LEN] = n
+        last = -1
+        for jj in range(n):
+            if ws[2 * (base + jj)] < first:
+                continue
+            q0 = max(jj - 1, last + 1)
+            q1 = min(jj, n - 2)
+            for q in range(q0, q1 + 1):
+                new[4 * r] = (np.int64(ws[2 * (base + q)]) << 32) | np.int64(ws[2 * (base + q + 1)])
+                new[4 * r + 1] = k
+                new[4 * r + 2] = base + q
+                new[4 * r + 3] = w
+                r += 1
+                last = q
+    ndec[c] = d - roff[c]
+    nnew[c] = r - roff[c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _apply_par(nchunks, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew):
+    for c in prange(nchunks):
+        _apply_chunk(c, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew)
 
 
 @njit(cache=True, nogil=True)
 def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count, max_cand,
-              nthreads, chunks):
+              nthreads, threads, chunks, par_words):
     """``merge_loop``'s contract (see cpu.py), in steps; returns ``(merges,
     counts, ntokens, steps)``. ``max_cand``: the most candidates a step takes
     (>= 1); ``nthreads``: Numba's thread pool size (rows of the per-thread
-    counters); ``chunks``: word chunks per step (a multiple of the threads
-    balances uneven words; the result does not depend on it)."""
+    counters); ``threads``: the threads in use (Numba's get_num_threads);
+    ``chunks``: word chunks per parallel rewrite (a multiple of the threads
+    balances uneven words); ``par_words``: a phase runs in parallel only when
+    it visits at least this many words. The merges depend on none of them."""
     nwords = counts.shape[0]
     stoppable = progress.shape[0] > 1
     wd, ws, pdata, npairs, pool, used, byte_pair, lastw, toff, tlen, buf, buf_used = _setup(
@@ -275,15 +286,32 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             if nc == 0:
                 break  # no pair left, or the best one is below min_count
             # ---- 2. decide -------------------------------------------------
+            # Created maxima are computed in rounds, only for candidates that
+            # can still be accepted: first one per thread (they run side by
+            # side), then every candidate whose count beats the bound so far.
             nacc = 1
-            if nc > 1:
-                _created_max(ws, wd, pool, pdata, cand, nc, lcnt, lst, rcnt, rst, stamp, cmax)
-                stamp += nc
-                bound = cmax[0]
-                while nacc < nc and ccount[nacc] > bound:
-                    if nacc < nc - 1:
-                        bound = max(bound, cmax[nacc])
-                    nacc += 1
+            done = 0
+            bound = np.int64(0)
+            while nacc < nc:
+                if done < nacc:
+                    hi = min(max(nacc, threads), nc - 1)
+                    if done > 0:
+                        while hi < nc - 1 and ccount[hi] > bound:
+                            hi += 1
+                    work = 0
+                    for k in range(done, hi):
+                        work += pdata[cand[k], _VLEN]
+                    if threads > 1 and hi - done > 1 and work >= par_words:
+                        _created_par(done, hi, ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp, cmax)
+                    else:
+                        for k in range(done, hi):
+                            _created_one(k, 0, ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp, cmax)
+                    done = hi
+                bound = max(bound, cmax[nacc - 1])
+                if ccount[nacc] <= bound:
+                    break
+                nacc += 1
+            stamp += nc
             for k in range(nacc, nc):  # the rejected tail goes back
                 p = cand[k]
                 h, size = _heap_push(h, size, pdata[p, _COUNT], pdata[p, _KEY], p, buf, toff, tlen, rank)
@@ -334,10 +362,18 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                     words[u] = words[i]
                     u += 1
             nw = u
-        nch = max(1, min(chunks, nw))
+        # one chunk on the calling thread when the step is small: a parallel
+        # region costs a fork and a join, more than a few hundred word visits
+        par = threads > 1 and nw >= par_words
+        nch = max(1, min(chunks, nw)) if par else 1
         for c in range(nch + 1):
             lo[c] = c * nw // nch
-        _chunk_sizes(wd, words, lo, nch, sizes)
+        if par:
+            _chunk_sizes(wd, words, lo, nch, sizes)
+        else:
+            sizes[0] = 0
+            for i in range(nw):
+                sizes[0] += max(wd[words[i], _LEN] - 1, 0)
         total = 0
         for c in range(nch):
             roff[c] = total
@@ -346,7 +382,10 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             dec = np.empty(2 * total + dec.shape[0], np.int64)
         if 4 * total > new.shape[0]:
             new = np.empty(4 * total + new.shape[0], np.int64)
-        _apply(ws, wd, words, lo, nch, acc, first, roff, dec, ndec, new, nnew)
+        if par:
+            _apply_par(nch, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew)
+        else:
+            _apply_chunk(0, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew)
 
         # ---- 4. reduce, in word order ----------------------------------------
         for c in range(nch):
@@ -428,5 +467,6 @@ def merge_loop_steps(symbols, offsets, counts, num_merges, progress, max_len, ra
     threads = numba.get_num_threads()
     merges, mcount, ntokens, _ = step_loop(
         symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count,
-        config.CPU_STEP_CANDIDATES, numba.config.NUMBA_NUM_THREADS, config.CPU_STEP_CHUNKS_PER_THREAD * threads)
+        config.CPU_STEP_CANDIDATES, numba.config.NUMBA_NUM_THREADS, threads, config.CPU_STEP_CHUNKS_PER_THREAD * threads,
+        config.CPU_STEP_PARALLEL_WORDS)
     return merges, mcount, ntokens
