@@ -59,7 +59,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _compact, _heap_push, _new_pair,
-                  _place, _pop_best, _refill, _setup)
+                  _place, _pop_best, _refill, _setup, prefetch)
 
 _SELF = -2  # the merge's own new token while its created pairs are counted
 
@@ -77,7 +77,14 @@ def _created_one(k, tid, ws, wd, pool, pdata, cand, lcnt, lst, rcnt, rst, stamp0
     mx = np.int64(0)
     ss = np.int64(0)
     vs = pdata[p, _VSTART]
-    for vi in range(pdata[p, _VLEN]):
+    vl = pdata[p, _VLEN]
+    wdf = wd.reshape(-1)
+    for vi in range(vl):
+        # as in cpu.py's loop: records 16 words ahead, symbols 8 ahead
+        if vi + 16 < vl:
+            prefetch(wdf, 4 * pool[vs + vi + 16])
+        if vi + 8 < vl:
+            prefetch(ws, 2 * wd[pool[vs + vi + 8], _OFF])
         wk = pool[vs + vi]
         base = wd[wk, _OFF]
         n = wd[wk, _LEN]
@@ -137,7 +144,12 @@ def _apply_chunk(c, ws, wd, words, lo, acc, first, roff, dec, ndec, new, nnew):
     ``ndec[c]``, ``nnew[c]``: how many."""
     d = roff[c]
     r = roff[c]
+    wdf = wd.reshape(-1)
     for wi in range(lo[c], lo[c + 1]):
+        if wi + 16 < lo[c + 1]:
+            prefetch(wdf, 4 * words[wi + 16])
+        if wi + 8 < lo[c + 1]:
+            prefetch(ws, 2 * wd[words[wi + 8], _OFF])
         k = words[wi]
         base = wd[k, _OFF]
         n = wd[k, _LEN]
