@@ -51,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ties", default="cs336", choices=["cs336", "hf", "rustbpe"], help="the tie rule (gpubpe.ties)")
     ap.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"))
     ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--results-key", default=None, help="the RESULTS.md block (default merge.<corpus>.<vocab>)")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the block's notes (repeatable)")
     args = ap.parse_args(argv)
 
     from gpubpe.backends.cpu import merge_loop
@@ -101,11 +103,11 @@ def main(argv=None) -> int:
         table = C.md_table(["engine", "merges", "wall s (median)", "cpu s (median)", "us / merge"], rows)
         notes = [f"the merge loop alone (WordTable in, merges out), ties={args.ties!r}, on {n_words:,} unique words, "
                  f"{n_symbols:,} symbols; warm (compiled) engines; median of {args.repeats}",
-                 "all engines gave identical merges"]
+                 "all engines gave identical merges", *args.note]
         section = C.render_section(title=f"Merge loop alone ({corpus.name}, vocab {args.vocab_size:,})",
                                    command=C.command_line(), body=table, corpora=[corpus],
                                    machine=C.machine_info(), notes=notes)
-        C.update_results(f"merge.{args.corpus.stem}.{args.vocab_size}", section)
+        C.update_results(args.results_key or f"merge.{args.corpus.stem}.{args.vocab_size}", section)
     return 0
 
 
