@@ -1,6 +1,6 @@
 """The merge loop alone: WordTable in, merges out (no pre-tokenization).
 
-    python benchmarks/bench_merge.py --corpus small.txt --vocab-size 32000 [--engines numba,python,numba-steps] [--repeats 3]
+    python benchmarks/bench_merge.py --corpus small.txt --vocab-size 32000 [--engines numba,numba-steps@2] [--repeats 3]
 
 ``numba-steps`` is the step loop (gpubpe/backends/cpu_steps.py); ``numba-steps@T`` runs
 it on T Numba threads (at most the pool's size, NUMBA_NUM_THREADS).

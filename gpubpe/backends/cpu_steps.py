@@ -479,6 +479,6 @@ def merge_loop_steps(symbols, offsets, counts, num_merges, progress, max_len, ra
     threads = numba.get_num_threads()
     merges, mcount, ntokens, _ = step_loop(
         symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count,
-        config.CPU_STEP_CANDIDATES, numba.config.NUMBA_NUM_THREADS, threads, config.CPU_STEP_CHUNKS_PER_THREAD * threads,
-        config.CPU_STEP_PARALLEL_WORDS)
+        config.CPU_STEP_CANDIDATES, numba.config.NUMBA_NUM_THREADS, threads,
+        config.CPU_STEP_CHUNKS_PER_THREAD * threads, config.CPU_STEP_PARALLEL_WORDS)
     return merges, mcount, ntokens
