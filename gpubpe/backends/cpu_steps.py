@@ -41,7 +41,7 @@ exactly as in cpu.py, whose header holds the invariants):
 4. reduce (serial, in word order)  decrements into the pair records; new
    pairs named through per-step dense tables (every new pair holds a token of
    this step: ``(x, t)`` through ``lnew[t - first, x]``, ``(t, y)`` through
-   ``rnew[t - first, y]``), their ids written beside the symbols, their word
+   ``rnew[t - first, y]``, ids plus 1), their ids written beside the symbols, their word
    vectors placed by ``_place`` and their heap rows pushed, as in the serial
    loop. Chunks are contiguous ranges of the sorted word list and reduced in
    order, so the result does not depend on the thread count.
@@ -236,13 +236,16 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
     made_at[0] = npairs
     acc = np.full(pdata.shape[0], -1, np.int64)  # pair id -> its new token once accepted
     used_tok = np.full(ntok, -1, np.int64)  # token -> the step (first merge index) whose candidate holds it
+    # Zero-filled on purpose: pages never touched are never resident (the
+    # tables are threads or candidates times the vocabulary), so a stamp of 0
+    # and an id of 0 mean "none" (stamps start at 1, ids are stored plus 1).
     lcnt = np.zeros((nthreads, ntok), np.int64)
     rcnt = np.zeros((nthreads, ntok), np.int64)
-    lst = np.full((nthreads, ntok), -1, np.int64)
-    rst = np.full((nthreads, ntok), -1, np.int64)
-    stamp = np.int64(0)
-    lnew = np.full((max_cand, ntok), -1, np.int64)
-    rnew = np.full((max_cand, ntok), -1, np.int64)
+    lst = np.zeros((nthreads, ntok), np.int64)
+    rst = np.zeros((nthreads, ntok), np.int64)
+    stamp = np.int64(1)
+    lnew = np.zeros((max_cand, ntok), np.int64)
+    rnew = np.zeros((max_cand, ntok), np.int64)
     cand = np.empty(max_cand, np.int64)
     ccount = np.empty(max_cand, np.int64)
     cmax = np.zeros(max_cand, np.int64)
@@ -412,15 +415,15 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                 y = key & 0xFFFFFFFF
                 k = new[4 * r + 1]
                 if y >= first:
-                    p = lnew[y - first, x]
+                    p = lnew[y - first, x] - 1
                 else:
-                    p = rnew[x - first, y]
+                    p = rnew[x - first, y] - 1
                 if p == -1:
                     p, pdata, npairs = _new_pair(pdata, npairs, key)
                     if y >= first:
-                        lnew[y - first, x] = p
+                        lnew[y - first, x] = p + 1
                     else:
-                        rnew[x - first, y] = p
+                        rnew[x - first, y] = p + 1
                 ws[2 * new[4 * r + 2] + 1] = p
                 pdata[p, _COUNT] += new[4 * r + 3]
                 if pdata[p, _VCAP] != k:  # this word once per new pair
@@ -452,9 +455,9 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             x = key >> 32
             y = key & 0xFFFFFFFF
             if y >= first:
-                lnew[y - first, x] = -1
+                lnew[y - first, x] = 0
             else:
-                rnew[x - first, y] = -1
+                rnew[x - first, y] = 0
             if pdata[p, _COUNT] >= thresh:
                 h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
         # the pairs a step creates, for a later forced merge's lookup (forced
