@@ -14,13 +14,16 @@ exactly as in cpu.py, whose header holds the invariants):
    fewer than ``config.CPU_STEP_CANDIDATES`` (and the merges left) are taken;
    the first pair that fails is pushed back. A forced merge (a parent model
    replayed) is a step of one.
-2. decide (``_created_max``, parallel over candidates)  for each candidate but
-   the last, the largest count among the pairs that merging it *alone* would
+2. decide (``_created_one``; ``_created_par`` runs several side by side)
+   the largest count among the pairs that merging a candidate *alone* would
    create in the start state (per-thread dense counters indexed by the
-   neighbour token, reset by stamps); then accept the leading candidates while
+   neighbour token, reset by stamps); accept the leading candidates while
    each count is strictly above the largest created count of the ones before
-   it (``steps.accept_count``). The rejected tail goes back into the heap.
-3. apply (``_apply``, parallel over chunks of words)  the union of the
+   it (``steps.accept_count``). The maxima are computed in rounds, only for
+   candidates that can still be accepted: first one per thread, then every
+   candidate whose count beats the bound so far; the last candidate's is
+   never needed. The rejected tail goes back into the heap.
+3. apply (``_apply_chunk``; ``_apply_par`` over chunks of words)  the union of the
    accepted pairs' word vectors, sorted and deduplicated, is cut into
    contiguous chunks; each word is rewritten by the thread of its chunk,
    applying all accepted merges left to right in one scan (the pair id beside
@@ -37,19 +40,31 @@ exactly as in cpu.py, whose header holds the invariants):
    Numba has no CPU atomics, so a thread writes only its own words and its
    chunk's slice of two record buffers (decrements ``(pair, count)``, new
    pairs ``(key, word, position, count)``), each slice sized by the chunk's
-   symbols (a word of n symbols yields at most n - 1 of each).
+   symbols (a word of n symbols yields at most n - 1 of each). Example, one
+   step of (a, b) -> t1 and (c, d) -> t2 on ``x a b c d y`` (weight w):
+   decrements (x, a), (b, c), (d, y) by w; the word becomes ``x t1 t2 y``;
+   new pairs (x, t1), (t1, t2), (t2, y) with w each.
+   A phase that visits fewer than ``config.CPU_STEP_PARALLEL_WORDS`` words
+   runs on the calling thread (a fork and join costs more). Both passes
+   prefetch word records and symbols ahead, as the serial loop does.
 4. reduce (serial, in word order)  decrements into the pair records; new
    pairs named through per-step dense tables (every new pair holds a token of
    this step: ``(x, t)`` through ``lnew[t - first, x]``, ``(t, y)`` through
-   ``rnew[t - first, y]``, ids plus 1), their ids written beside the symbols, their word
-   vectors placed by ``_place`` and their heap rows pushed, as in the serial
-   loop. Chunks are contiguous ranges of the sorted word list and reduced in
+   ``rnew[t - first, y]``, ids plus 1), their ids written beside the
+   symbols, their word vectors placed by ``_place`` and their heap rows
+   pushed, as in the serial loop. Chunks are contiguous ranges of the sorted word list and reduced in
    order, so the result does not depend on the thread count.
 
-Why it pays only on many cores: phase 3 is the serial loop's word visits
+Every option of the serial loop is honoured (tie rules through ``rank``,
+``max_len``, ``min_count``, forced prefixes); tests/test_cpu_steps.py checks
+each against the oracle on 1, 2 and 4 threads.
+
+Why it can pay only on many cores: phase 3 is the serial loop's word visits
 (memory latency) shared by the threads, while phases 2 and 4 add work (a
-read-only pass over the candidates' words, and a serial pass over the
-records); see benchmarks/RESULTS.md (merge.steps).
+second, read-only pass over the accepted candidates' words, and a serial pass
+over the records): on one thread it costs about 1.4x the serial loop. On 2
+shared cores it was not faster; more cores were not measured
+(benchmarks/RESULTS.md, merge.steps).
 """
 
 from __future__ import annotations
