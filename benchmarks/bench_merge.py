@@ -1,6 +1,9 @@
 """The merge loop alone: WordTable in, merges out (no pre-tokenization).
 
-    python benchmarks/bench_merge.py --corpus small.txt --vocab-size 32000 [--engines numba,python] [--repeats 3]
+    python benchmarks/bench_merge.py --corpus small.txt --vocab-size 32000 [--engines numba,numba-steps@2] [--repeats 3]
+
+``numba-steps`` is the step loop (gpubpe/backends/cpu_steps.py); ``numba-steps@T`` runs
+it on T Numba threads (at most the pool's size, NUMBA_NUM_THREADS).
 
 The WordTable is counted once (and cached beside the output as .npz); each
 engine is warmed up (Numba compiles or loads its cache) and then timed
@@ -48,6 +51,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ties", default="cs336", choices=["cs336", "hf", "rustbpe"], help="the tie rule (gpubpe.ties)")
     ap.add_argument("--cache-dir", type=Path, default=Path(".bench-cache"))
     ap.add_argument("--results", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--results-key", default=None, help="the RESULTS.md block (default merge.<corpus>.<vocab>)")
+    ap.add_argument("--note", action="append", default=[], help="a line added to the block's notes (repeatable)")
     args = ap.parse_args(argv)
 
     from gpubpe.backends.cpu import merge_loop
@@ -55,7 +60,9 @@ def main(argv=None) -> int:
 
     from gpubpe.ties import byte_rank
 
-    engines = {"numba": merge_loop, "python": merge_loop_python}
+    from gpubpe.backends.cpu_steps import merge_loop_steps
+
+    engines = {"numba": merge_loop, "python": merge_loop_python, "numba-steps": merge_loop_steps}
     rules = (0, byte_rank(args.ties), np.zeros((0, 2), np.int32), 0)  # max_len, tie rule, nothing forced, min_count
     wt, h = load_table(args.corpus, args.special_token, args.cache_dir)
     n = args.vocab_size - 256 - (1 if args.special_token else 0)
@@ -64,8 +71,12 @@ def main(argv=None) -> int:
           f"{wt.symbols.shape[0]:,} symbols; {n:,} merges asked")
     results = {}
     rows = []
+    import numba
+
     for name in args.engines.split(","):
-        fn = engines[name]
+        base, _, threads = name.partition("@")
+        fn = engines[base]
+        numba.set_num_threads(int(threads) if threads else numba.config.NUMBA_NUM_THREADS)
         fn(wt.symbols, wt.offsets, wt.counts, 1, np.zeros(2, np.int64), *rules)  # warm-up / compile
         walls, cpus = [], []
         for _ in range(args.repeats):
@@ -92,11 +103,11 @@ def main(argv=None) -> int:
         table = C.md_table(["engine", "merges", "wall s (median)", "cpu s (median)", "us / merge"], rows)
         notes = [f"the merge loop alone (WordTable in, merges out), ties={args.ties!r}, on {n_words:,} unique words, "
                  f"{n_symbols:,} symbols; warm (compiled) engines; median of {args.repeats}",
-                 "all engines gave identical merges"]
+                 "all engines gave identical merges", *args.note]
         section = C.render_section(title=f"Merge loop alone ({corpus.name}, vocab {args.vocab_size:,})",
                                    command=C.command_line(), body=table, corpora=[corpus],
                                    machine=C.machine_info(), notes=notes)
-        C.update_results(f"merge.{args.corpus.stem}.{args.vocab_size}", section)
+        C.update_results(args.results_key or f"merge.{args.corpus.stem}.{args.vocab_size}", section)
     return 0
 
 

@@ -73,6 +73,24 @@ ENCODE_HEAP_SLACK = 0.25
 # Seconds a worker gets to exit after SIGTERM before it is killed.
 ENCODE_STOP_SECONDS = 2.0
 
+# --- the CPU step loop (gpubpe/backends/cpu_steps.py) ----------------------
+# backend='cpu' runs the step loop (each step's merges applied in parallel by
+# word) only with at least this many Numba threads; below it, the serial loop
+# of cpu.py. On 2 threads of a shared 2-core machine the step loop was slower
+# than the serial loop (benchmarks/RESULTS.md, merge.steps); no figure for 16
+# cores was measured, so this is a guess to be checked on such a machine.
+CPU_STEP_MIN_THREADS = 16
+# The most candidates one step takes (the dense new-pair tables are this many
+# rows of 256 + merges), and word chunks per thread in a step's rewrite (more
+# chunks balance words of uneven length; the merges do not depend on either).
+CPU_STEP_CANDIDATES = 32
+CPU_STEP_CHUNKS_PER_THREAD = 4
+# A phase of a step runs on the thread pool only when it visits at least this
+# many words; smaller ones run on the calling thread (a fork and join of the
+# pool costs more than a few hundred word visits, and on a loaded machine a
+# descheduled worker stalls the join for a time slice).
+CPU_STEP_PARALLEL_WORDS = 2048
+
 # --- the CUDA merge loop (gpubpe/backends/cuda) ---------------------------
 # backend='auto' keeps tables below this many symbols on the CPU even where a
 # device answers: NVRTC compilation and context start-up (about a second) cost

@@ -17,6 +17,8 @@ def merge_fn(name: str, full: bool = False):
     fields); ``full``: it returns ``(merges, counts, ntokens)``."""
     if name == "cpu-numba":
         run = backends._cpu("numba")
+    elif name == "cpu-steps":
+        run = backends._cpu("steps")
     elif name == "cpu-python":
         run = backends._cpu("python")
     else:

@@ -46,10 +46,12 @@ def pytest_report_header(config):
 
 
 
-# Every backend runs the same test bodies. 'cpu-numba' and 'cpu-python' are
-# the two engines of backend='cpu' (chosen by table size in real runs).
+# Every backend runs the same test bodies. 'cpu-numba', 'cpu-steps' and
+# 'cpu-python' are the engines of backend='cpu' (chosen by table size and
+# thread count in real runs).
 BACKENDS = [
     pytest.param("cpu-numba", id="cpu-numba"),
+    pytest.param("cpu-steps", id="cpu-steps"),
     pytest.param("cpu-python", id="cpu-python"),
     pytest.param("cuda-sim", id="cuda-sim"),
     pytest.param("cuda", id="cuda", marks=pytest.mark.gpu),
@@ -71,6 +73,10 @@ def train_kwargs(backend_name, monkeypatch):
     """Keyword arguments that make gpubpe.train use this backend."""
     if backend_name == "cpu-numba":
         monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", -1)
+        return {"backend": "cpu"}
+    if backend_name == "cpu-steps":
+        monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", -1)
+        monkeypatch.setattr(config, "CPU_STEP_MIN_THREADS", 1)
         return {"backend": "cpu"}
     if backend_name == "cpu-python":
         monkeypatch.setattr(config, "SMALL_TABLE_SYMBOLS", 1 << 62)

@@ -211,7 +211,8 @@ def test_bench_merge_runs_and_engines_agree(tmp_path, ties):
     import bench_merge as BM
 
     corpus = ROOT / "tests" / "fixtures" / "corpus.en"
-    assert BM.main(["--corpus", str(corpus), "--vocab-size", "400", "--engines", "numba,python", "--repeats", "1",
+    assert BM.main(["--corpus", str(corpus), "--vocab-size", "400", "--engines", "numba,python,numba-steps@1",
+                    "--repeats", "1",
                     "--ties", ties, "--cache-dir", str(tmp_path)]) == 0
 
 

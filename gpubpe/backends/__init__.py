@@ -39,19 +39,29 @@ class BackendUnavailable(RuntimeError):
 
 
 def _cpu(engine: str = "auto"):
-    """engine: 'numba', 'python' (small tables) or 'auto' (by table size)."""
+    """engine: 'numba', 'python' (small tables), 'steps' (the Numba step loop,
+    parallel by word) or 'auto': by table size, and the step loop only with at
+    least ``config.CPU_STEP_MIN_THREADS`` Numba threads."""
     from .. import config
 
     def run(table, num_merges, progress, options=MergeOptions()):
         small = table.symbols.shape[0] <= config.SMALL_TABLE_SYMBOLS
         if engine == "python" or (engine == "auto" and small):
             from .cpu_python import merge_loop_python as loop
+        elif engine == "steps" or (engine == "auto" and _numba_threads() >= config.CPU_STEP_MIN_THREADS):
+            from .cpu_steps import merge_loop_steps as loop
         else:
             from .cpu import merge_loop as loop
         return loop(table.symbols, table.offsets, table.counts, num_merges, progress, options.max_len,
                     options.rank, options.forced, options.min_count)
 
     return run
+
+
+def _numba_threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 def _cuda(sim: bool):

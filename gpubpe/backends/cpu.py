@@ -330,38 +330,18 @@ def _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len):
 
 
 @njit(cache=True, nogil=True)
-def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count):
-    """Run up to ``num_merges`` merges over the WordTable.
-
-    symbols: int32[total] byte values (0..255), CSR by word; not modified.
-    offsets: int64[W + 1]; counts: int64[W] (> 0).
-    progress: int64[2]: ``progress[0]`` is kept set to the number of merges
-    done (read by a progress thread; this function releases the GIL), and a
-    nonzero ``progress[1]``, written by another thread, stops the loop after
-    the current merge (an interrupt: signals reach only the main thread, and
-    compiled code never looks at them).
-    max_len: 0, or the most bytes a merged token may hold: a pair whose token
-    would be longer is dropped when it reaches the top of the heap (its
-    tokens' lengths never change and its count only falls, so it can never
-    become a candidate), which leaves the order of all other pairs unchanged.
-    rank: int64[0] for the CS336 tie rule, or int64[256] for an id-order rule
-    (see ``_above``).
-    forced: int32[k, 2]: the first k merges, given (a parent model's, replayed
-    with training semantics; k <= num_merges), then the loop chooses.
-    min_count: the loop stops at the first chosen pair whose count is below it.
-    Returns ``(merges, counts, ntokens)``: int32[n, 2] with n <= num_merges
-    (fewer when no pair is left), each merge's count when it was made, and
-    the number of tokens the words now hold, weighted.
-    """
+def _setup(symbols, offsets, counts, num_merges):
+    """Phase 1 of a merge loop: word records, the symbol/pair-id array, pair
+    records with exact-size word vectors, token bytes. Shared by ``merge_loop``
+    and the step loop (gpubpe.backends.cpu_steps); it runs once per run.
+    Returns ``(wd, ws, pdata, npairs, pool, used, byte_pair, lastw, toff, tlen, buf, buf_used)``."""
     nwords = counts.shape[0]
-    stoppable = progress.shape[0] > 1
     wd = np.empty((nwords, 4), np.int64)
     for k in range(nwords):
         wd[k, _OFF] = offsets[k]
         wd[k, _LEN] = offsets[k + 1] - offsets[k]
         wd[k, _WCOUNT] = counts[k]
         wd[k, 3] = 0
-    wdf = wd.reshape(-1)
 
     # token bytes: ids 0..255 are the bytes themselves
     toff = np.zeros(256 + num_merges, np.int64)
@@ -413,7 +393,6 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
     # Capacities are generous on purpose: pages that are never written are
     # never resident, while growing by copying holds two copies at once.
     pool = np.empty(max(3 * used, 1024), np.int32)
-    garbage = 0  # pool entries of merged pairs' vectors, reclaimed by _compact
     lastw[:] = -1
     for k in range(nwords):
         base = wd[k, _OFF]
@@ -423,6 +402,40 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                 lastw[p] = k
                 pool[pdata[p, _VSTART] + pdata[p, _VLEN]] = k
                 pdata[p, _VLEN] += 1
+
+    return wd, ws, pdata, npairs, pool, used, byte_pair, lastw, toff, tlen, buf, buf_used
+
+
+@njit(cache=True, nogil=True)
+def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, forced, min_count):
+    """Run up to ``num_merges`` merges over the WordTable.
+
+    symbols: int32[total] byte values (0..255), CSR by word; not modified.
+    offsets: int64[W + 1]; counts: int64[W] (> 0).
+    progress: int64[2]: ``progress[0]`` is kept set to the number of merges
+    done (read by a progress thread; this function releases the GIL), and a
+    nonzero ``progress[1]``, written by another thread, stops the loop after
+    the current merge (an interrupt: signals reach only the main thread, and
+    compiled code never looks at them).
+    max_len: 0, or the most bytes a merged token may hold: a pair whose token
+    would be longer is dropped when it reaches the top of the heap (its
+    tokens' lengths never change and its count only falls, so it can never
+    become a candidate), which leaves the order of all other pairs unchanged.
+    rank: int64[0] for the CS336 tie rule, or int64[256] for an id-order rule
+    (see ``_above``).
+    forced: int32[k, 2]: the first k merges, given (a parent model's, replayed
+    with training semantics; k <= num_merges), then the loop chooses.
+    min_count: the loop stops at the first chosen pair whose count is below it.
+    Returns ``(merges, counts, ntokens)``: int32[n, 2] with n <= num_merges
+    (fewer when no pair is left), each merge's count when it was made, and
+    the number of tokens the words now hold, weighted.
+    """
+    nwords = counts.shape[0]
+    stoppable = progress.shape[0] > 1
+    wd, ws, pdata, npairs, pool, used, byte_pair, lastw, toff, tlen, buf, buf_used = _setup(
+        symbols, offsets, counts, num_merges)
+    wdf = wd.reshape(-1)
+    garbage = 0  # pool entries of merged pairs' vectors, reclaimed by _compact
 
     # ---- phase 2: the heap: rows (count, key, pair id) ----------------------
     # Only pairs with count >= thresh are in it. A pair gains count only in the
