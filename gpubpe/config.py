@@ -76,10 +76,11 @@ ENCODE_STOP_SECONDS = 2.0
 # --- the CPU step loop (gpubpe/backends/cpu_steps.py) ----------------------
 # backend='cpu' runs the step loop (each step's merges applied in parallel by
 # word) only with at least this many Numba threads; below it, the serial loop
-# of cpu.py. On 2 threads of a shared 2-core machine the step loop was slower
-# than the serial loop (benchmarks/RESULTS.md, merge.steps); no figure for 16
-# cores was measured, so this is a guess to be checked on such a machine.
-CPU_STEP_MIN_THREADS = 16
+# of cpu.py. 0: never by itself (the default). On 2 threads of a shared 2-core
+# machine the step loop was slower than the serial loop (benchmarks/RESULTS.md,
+# merge.steps) and no many-core figure exists yet, so it is not chosen until
+# one shows where it pays; GPUBPE_CPU_STEP_THREADS sets this for a run.
+CPU_STEP_MIN_THREADS = 0
 # The most candidates one step takes (the dense new-pair tables are this many
 # rows of 256 + merges), and word chunks per thread in a step's rewrite (more
 # chunks balance words of uneven length; the merges do not depend on either).
@@ -198,6 +199,7 @@ def env(name: str, default: str | None = None) -> str | None:
     GPUBPE_NVRTC        path of libnvrtc for the compile check (default: the pip wheel, CUDA_HOME)
     GPUBPE_SIM_SEED     base seed of cuda-sim's shuffled schedules (default: random, printed on failure)
     GPUBPE_SIM_ASAN     1/0: AddressSanitizer in cuda-sim (default: on where it builds)
+    GPUBPE_CPU_STEP_THREADS  backend='cpu' takes the step loop from this many Numba threads on (see CPU_STEP_MIN_THREADS)
     CXX                 host compiler for cuda-sim (default g++)
     CUDA_HOME/CUDA_PATH where to look for libnvrtc
     """
@@ -206,5 +208,5 @@ def env(name: str, default: str | None = None) -> str | None:
     return _os.environ.get(name) or default
 
 
-_KNOBS = {"GPUBPE_CACHE_DIR", "GPUBPE_KERNEL_DIR", "GPUBPE_NVRTC", "GPUBPE_SIM_SEED", "GPUBPE_SIM_ASAN", "CXX",
+_KNOBS = {"GPUBPE_CACHE_DIR", "GPUBPE_KERNEL_DIR", "GPUBPE_NVRTC", "GPUBPE_SIM_SEED", "GPUBPE_SIM_ASAN", "GPUBPE_CPU_STEP_THREADS", "CXX",
           "CUDA_HOME", "CUDA_PATH"}

@@ -170,5 +170,11 @@ def test_backend_cpu_picks_the_step_loop_by_thread_count(monkeypatch):
     want = backends._cpu("numba")(table, 5, np.zeros(2, np.int64))[0]
     monkeypatch.setattr(config, "CPU_STEP_MIN_THREADS", numba.get_num_threads() + 1)
     assert np.array_equal(backends._cpu()(table, 5, np.zeros(2, np.int64))[0], want) and not calls
+    monkeypatch.setattr(config, "CPU_STEP_MIN_THREADS", 0)  # the default: never by itself
+    assert np.array_equal(backends._cpu()(table, 5, np.zeros(2, np.int64))[0], want) and not calls
+    monkeypatch.setenv("GPUBPE_CPU_STEP_THREADS", "1")
+    assert np.array_equal(backends._cpu()(table, 5, np.zeros(2, np.int64))[0], want) and calls
+    calls.clear()
+    monkeypatch.delenv("GPUBPE_CPU_STEP_THREADS")
     monkeypatch.setattr(config, "CPU_STEP_MIN_THREADS", numba.get_num_threads())
     assert np.array_equal(backends._cpu()(table, 5, np.zeros(2, np.int64))[0], want) and calls

@@ -38,17 +38,25 @@ class BackendUnavailable(RuntimeError):
     """The requested backend cannot run here (for example no CUDA device)."""
 
 
+def _step_threads() -> int:
+    from .. import config
+
+    knob = config.env("GPUBPE_CPU_STEP_THREADS")
+    return int(knob) if knob else config.CPU_STEP_MIN_THREADS
+
+
 def _cpu(engine: str = "auto"):
     """engine: 'numba', 'python' (small tables), 'steps' (the Numba step loop,
     parallel by word) or 'auto': by table size, and the step loop only with at
-    least ``config.CPU_STEP_MIN_THREADS`` Numba threads."""
+    least ``config.CPU_STEP_MIN_THREADS`` Numba threads (0: never; the knob
+    ``GPUBPE_CPU_STEP_THREADS`` overrides it)."""
     from .. import config
 
     def run(table, num_merges, progress, options=MergeOptions()):
         small = table.symbols.shape[0] <= config.SMALL_TABLE_SYMBOLS
         if engine == "python" or (engine == "auto" and small):
             from .cpu_python import merge_loop_python as loop
-        elif engine == "steps" or (engine == "auto" and _numba_threads() >= config.CPU_STEP_MIN_THREADS):
+        elif engine == "steps" or (engine == "auto" and 0 < _step_threads() <= _numba_threads()):
             from .cpu_steps import merge_loop_steps as loop
         else:
             from .cpu import merge_loop as loop
