@@ -162,6 +162,66 @@ def _resync_points(data: bytes) -> list[int]:
     return out
 
 
+# Runs of ASCII letters and digits are consumed eight bytes at a time
+# (pretok.machine._run_end_mask): runs of every length around multiples of 8,
+# ended by every ASCII byte and by multibyte letters, digits, spaces and
+# invalid bytes, and cut short by the end of the input at every offset.
+RUN_ENDS = [bytes([b]) for b in range(128)] + [s.encode() for s in ("é", "日", "٣", "\u00a0", "🙂")] + [b"\xff", b"\xc3"]
+
+
+@settings(max_examples=max_examples(300), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["letters", "digits"]), st.integers(0, 26), st.sampled_from(RUN_ENDS)),
+                min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_letter_and_digit_runs_of_every_length(runs, rnd):
+    parts = []
+    for kind, n, end in runs:
+        alphabet = "abcxyzABCXYZ" if kind == "letters" else "0123456789"
+        parts.append("".join(rnd.choice(alphabet) for _ in range(n)).encode() + end)
+    data = b"".join(parts)
+    for cut in range(len(data) + 1):  # the run ends at the piece end too, at every offset
+        assert numba_pretokens(data[:cut]) == reference_pretokens(data[:cut])
+
+
+def test_swar_run_masks_agree_with_the_class_table():
+    # _run_end_mask's high bits are set exactly on the bytes that are not
+    # ASCII of the class, for every byte value in every one of the 8 lanes
+    from gpubpe.pretok import machine as M
+
+    cls = U.scan_tables()[0]
+    for k in (M.LETTER, M.NUMBER):
+        for lane in range(8):
+            for b in range(256):
+                filler = ord("a") if k == M.LETTER else ord("0")
+                word = bytearray([filler] * 8)
+                word[lane] = b
+                mask = int(M._run_end_mask.py_func(np.uint64(int.from_bytes(word, "little")), k))
+                assert bool(mask >> (8 * lane + 7) & 1) == (cls[b] != k), (k, lane, b)
+                assert mask & ~(0x80 << (8 * lane)) == 0, (k, lane, b)
+
+
+@pytest.mark.parametrize("specials", [(EOT,), ("<|a|>", "<|a|><|a|>", "<|ab|>", "<"), ("ab", "cd"), ("aa",)])
+def test_piece_bounds_fast_path_is_the_regex_alternation(specials):
+    # one lead byte shared by all specials: memchr and startswith, longest
+    # first; otherwise the regex alternation. Both give the same pieces, for
+    # a whole chunk and for a task inside it (lo, hi).
+    sp = C.special_bytes(specials)
+    rng = random.Random(len(specials))
+    alphabet = [b"<", b"|", b"a", b"b", b">", b"c", b"d", b" ", EOT.encode(), b"<|a|>", b"<|ab|>"]
+    for _ in range(300):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        lo = rng.randrange(0, len(data) + 1)
+        hi = rng.randrange(lo, len(data) + 1)
+        cuts = [lo]
+        for m in C.special_regex(sp).finditer(data, lo, hi):
+            cuts += [m.start(), m.end()]
+        cuts.append(hi)
+        want = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+        starts, ends = C.piece_bounds(data, sp, lo, hi)
+        assert list(zip(starts.tolist(), ends.tolist())) == want, (data, lo, hi)
+        starts, ends = C.piece_bounds(memoryview(data), sp, lo, hi)  # not bytes: the regex path
+        assert list(zip(starts.tolist(), ends.tolist())) == want
+
+
 @settings(max_examples=max_examples(200), deadline=None)
 @given(fuzz_bytes)
 def test_resync_rule_every_non_space_to_space_is_a_boundary(data):

@@ -41,11 +41,12 @@ class CountTable:
     def _arrays(self):
         return [getattr(self, name) for name in self._FIELDS]
 
-    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], scan_tables) -> None:
-        """Count the pre-tokens of ``chunk`` (``scan_tables``: :func:`gpubpe.pretok.unicode.scan_tables`)."""
+    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], scan_tables, lo: int = 0, hi: int | None = None
+                  ) -> None:
+        """Count the pre-tokens of ``chunk[lo:hi]`` (``scan_tables``: :func:`gpubpe.pretok.unicode.scan_tables`)."""
         from .machine import count_pieces
 
-        starts, ends = piece_bounds(chunk, specials)
+        starts, ends = piece_bounds(chunk, specials, lo, hi)
         data = np.frombuffer(chunk, dtype=np.uint8)
         self._set(count_pieces(data, starts, ends, *scan_tables, config.PRETOK_BATCH, *self._arrays(), self.n))
 
@@ -131,7 +132,7 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
                 continue  # drain: the main thread stops feeding and sends the sentinels
             try:
                 c, lo, hi = task
-                table.add_chunk(c if lo == 0 and hi == len(c) else memoryview(c)[lo:hi], specials, tabs)
+                table.add_chunk(c, specials, tabs, lo, hi)
             except BaseException as e:  # re-raised in the caller's thread
                 errors.append(e)
 
