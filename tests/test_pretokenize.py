@@ -305,6 +305,48 @@ def test_table_merge_and_growth():
     assert a.to_dict() == Counter(reference_pretokens(data))
 
 
+def test_long_word_hash_is_its_definition():
+    # the hash of a long word reads 8 bytes per load, the last partial step
+    # from the 8 bytes that end the word: the same value as the definition
+    # (little-endian 8-byte steps, the last one zero-padded), at every offset
+    from gpubpe.pretok import machine as M
+
+    def definition(b: bytes) -> int:
+        mask = (1 << 64) - 1
+        h = 0xCBF29CE484222325 ^ len(b)
+        for q in range(0, len(b), 8):
+            h = ((h ^ int.from_bytes(b[q : q + 8], "little")) * 0x9E3779B97F4A7C15) & mask
+            h ^= h >> 29
+        h = (h * 0xBF58476D1CE4E5B9) & mask
+        return h ^ (h >> 32)
+
+    rng = random.Random(3)
+    buf = bytes(rng.randrange(256) for _ in range(100))
+    arr = np.frombuffer(buf, np.uint8)
+    for s in range(0, 30):
+        for e in range(s, len(buf) + 1, 3):
+            assert int(M._hash(arr, s, e)) == definition(buf[s:e]), (s, e)
+
+
+def test_long_words_differing_in_one_byte_are_not_merged():
+    # long words are confirmed by comparing bytes, 8 at a time then one by
+    # one: words equal but for one byte anywhere, of lengths around multiples
+    # of 8, stay apart
+    words = []
+    for n in (16, 17, 23, 24, 25, 31, 32, 33, 40):
+        base = bytearray(b"q" * n)
+        words.append(bytes(base))
+        for pos in range(n):
+            w = bytearray(base)
+            w[pos] = ord("r")
+            words.append(bytes(w))
+    data = b" ".join(words * 3)
+    tabs = U.scan_tables()
+    table = TB.CountTable(words=4)
+    table.add_chunk(data, (), tabs)
+    assert table.to_dict() == Counter(reference_pretokens(data))
+
+
 def test_numba_and_regex_engines_agree_on_pretokenize(monkeypatch):
     data = (FIXTURES / "german.txt").read_bytes() + b"\xc3 it's<|endoftext|>x"
     monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 0)

@@ -422,17 +422,25 @@ _MIX = np.uint64(0xBF58476D1CE4E5B9)  # splitmix64's first multiplier
 def _hash(data, s, e):
     """A 64-bit hash of ``data[s:e]``, eight bytes per step (multiply and
     xor-shift, finished with a full avalanche: the low bits pick the slot and
-    the high bits are the tag). The loads are written out: a helper call per
-    step would cost two reference-count operations."""
+    the high bits are the tag). Each step is one 8-byte load (load8), the
+    last partial step too where 8 bytes end at ``e``; the loads are not a
+    helper taking the array, which would cost two reference-count operations
+    per call."""
     h = _SEED ^ np.uint64(e - s)
     q = s
-    while q < e:
-        w = np.uint64(0)
-        for t in range(min(8, e - q)):
-            w |= np.uint64(data[q + t]) << np.uint64(8 * t)
-        h = (h ^ w) * _GOLDEN
+    while q + 8 <= e:
+        h = (h ^ load8(data, q)) * _GOLDEN
         h ^= h >> np.uint64(29)
         q += 8
+    if q < e:  # the last 1..7 bytes, zero-padded
+        if e >= 8:  # as the high bytes of the 8 that end at e: one load
+            w = load8(data, e - 8) >> np.uint64(8 * (8 - (e - q)))
+        else:
+            w = np.uint64(0)
+            for t in range(e - q):
+                w |= np.uint64(data[q + t]) << np.uint64(8 * t)
+        h = (h ^ w) * _GOLDEN
+        h ^= h >> np.uint64(29)
     h *= _MIX
     return h ^ (h >> np.uint64(32))
 
@@ -590,10 +598,16 @@ def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
             o = offs[w]
             if offs[w + 1] - o == length:
                 same = True
-                for t in range(length):
-                    if arena[o + t] != data[s + t]:
+                t = 0
+                while t + 8 <= length:  # 8 bytes per compare; the word ends inside both arrays
+                    if load8(arena, o + t) != load8(data, s + t):
                         same = False
                         break
+                    t += 8
+                while same and t < length:
+                    if arena[o + t] != data[s + t]:
+                        same = False
+                    t += 1
                 if same:
                     counts[w] += c
                     return
