@@ -367,6 +367,23 @@ def test_small_inputs_do_not_load_numba():
     assert out.stdout.strip() == "False"
 
 
+def test_numba_loads_without_scipy_and_blas_still_works():
+    # gpubpe._numba keeps Numba's BLAS check from importing scipy.linalg (0.17 s
+    # of a cold start); Numba code that does use BLAS in the same process
+    # still compiles and gives NumPy's answer
+    code = (
+        "import sys, numpy as np, gpubpe; from gpubpe import _numba; from gpubpe.pretok import machine as M, unicode as U;"
+        "s, e = M.token_spans(np.frombuffer(b'it is', np.uint8), np.array([0]), np.array([5]), *U.scan_tables());"
+        "print(e.tolist(), 'scipy.linalg' in sys.modules);"
+        "import importlib.util, numba, numba.np.arraymath as am;"
+        "have = importlib.util.find_spec('scipy') is not None; print(am._HAVE_BLAS == have);"
+        "a = np.arange(6.0).reshape(2, 3); b = np.arange(6.0).reshape(3, 2);"
+        "print(not have or bool((numba.njit(lambda x, y: np.dot(x, y))(a, b) == a @ b).all()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[2,", "5]", "False", "True", "True"], out.stdout
+
+
 # ---------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------

@@ -39,6 +39,10 @@ from __future__ import annotations
 
 import sys
 
+from .. import _numba
+
+_numba.load()  # before anything compiled runs: Numba without SciPy (see gpubpe._numba)
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
