@@ -305,6 +305,24 @@ def test_table_merge_and_growth():
     assert a.to_dict() == Counter(reference_pretokens(data))
 
 
+@pytest.mark.parametrize("ntables", [1, 2, 3, 5, 8])
+def test_merge_all_of_many_tables(ntables):
+    # the rounds of pairwise merges (in threads) give the counts of the whole,
+    # for odd and even numbers of tables of very different sizes
+    rng = random.Random(ntables)
+    words = [" " + "".join(rng.choice("abcdefgh") for _ in range(rng.randrange(1, 24))) for _ in range(6_000)]
+    data = "".join(words).encode()
+    tabs = U.scan_tables()
+    cuts = sorted({0, len(data)} | {C.safe_cut(data, lo=rng.randrange(1, len(data))) for _ in range(ntables - 1)})
+    cuts = [c for c in cuts if c >= 0]
+    tables = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        t = TB.CountTable(words=4)
+        t.add_chunk(data, (), tabs, lo, hi)
+        tables.append(t)
+    assert TB.merge_all(tables).to_dict() == Counter(reference_pretokens(data))
+
+
 def test_long_word_hash_is_its_definition():
     # the hash of a long word reads 8 bytes per load, the last partial step
     # from the 8 bytes that end the word: the same value as the definition
