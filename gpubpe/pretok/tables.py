@@ -76,8 +76,12 @@ class CountTable:
     def to_dict(self) -> dict[bytes, int]:
         """``{word bytes: count}``. The words come out of the tables joined
         around a byte that none of them holds, and ``bytes.split`` cuts them in
-        C: what is left is the cost of 400,000 bytes objects and dict entries
-        that a dict of 400,000 words is made of."""
+        C. What is left is the dict itself: on small.txt (399,355 words, 2-core
+        VM) the flat copy takes 0.02 s, the split into bytes objects 0.018 s,
+        the counts' ``tolist`` 0.003 s and ``dict(zip(...))`` 0.055-0.065 s,
+        which is CPython inserting 400,000 keys (hashing them first, or
+        turning the GC off, changes nothing measurable): about 0.1 s that only
+        a table without Python objects (:meth:`to_wordtable`) avoids."""
         from .machine import flatten
 
         raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True)
