@@ -125,6 +125,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="write every sample here")
     ap.add_argument("--results", nargs="?", const=str(C.RESULTS_MD), default=None, metavar="PATH",
                     help="write the table into benchmarks/RESULTS.md (or PATH)")
+    ap.add_argument("--section", metavar="KEY", help="the RESULTS.md section to write (default pretok-<corpus name>)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--_child", nargs=4, metavar=("METHOD", "WORKERS", "MODE", "RESULT"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
     if args.results:
         section = C.render_section(title=f"Pre-tokenization and counting ({corpus.name})", command=C.command_line(),
                                    body=table, corpora=[corpus], machine=C.machine_info(), notes=notes)
-        C.update_results(f"pretok-{corpus.name}", section, path=args.results)
+        C.update_results(args.section or f"pretok-{corpus.name}", section, path=args.results)
     return 0
 
 

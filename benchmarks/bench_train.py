@@ -425,6 +425,7 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="OUT.json", help="write every sample, the machine and the command here")
     p.add_argument("--results", nargs="?", const=str(C.RESULTS_MD), default=None, metavar="RESULTS.md",
                    help="write this run's section into RESULTS.md (default path benchmarks/RESULTS.md)")
+    p.add_argument("--section", metavar="KEY", help="the RESULTS.md section to write (default train.<corpus stem>)")
     p.add_argument("--check", action="store_true",
                    help="also train with every gpubpe engine (cpu-numba, cpu-python, cuda-sim, cuda where available) "
                         "and fail unless their merges are identical")
@@ -587,7 +588,7 @@ def main(argv=None) -> int:
         section = C.render_section(
             title=f"Training: gpubpe and the anchors on {corpus.name}", command=prov.command, body=markdown,
             corpora=[corpus], machine=prov.machine, date=prov.date, notes=notes)
-        key = f"train.{corpus.path.stem}" + (".check" if args.check_only else "")
+        key = args.section or f"train.{corpus.path.stem}" + (".check" if args.check_only else "")
         C.update_results(key, section, path=args.results)
         log(f"updated {args.results} (section {key})")
     if check_failed:
