@@ -679,8 +679,10 @@ def merge_tables(short, mid, slots, hashes, offs, arena, counts, n, o_short, o_m
 
 
 @njit(cache=True, nogil=True)
-def flatten(short, mid, offs, arena, counts, n, gaps):
-    """Every word of the tables: ``(bytes uint8, offsets int64, counts int64, sep)``.
+def flatten(short, mid, offs, arena, counts, n, gaps, like):
+    """Every word of the tables: ``(bytes, offsets int64, counts int64, sep)``,
+    the bytes in an array of ``like``'s dtype (uint8 for a dict, int32 for a
+    WordTable's symbols, written at once instead of converted after).
 
     Short words first, in slot order, then mid words in slot order, then the
     long words in insertion order; word ``k`` is ``bytes[offsets[k] + g * k :
@@ -699,7 +701,7 @@ def flatten(short, mid, offs, arena, counts, n, gaps):
         nbytes += np.int64(short[2 * r] & np.uint64(0xFF))
     for r in range(mid.shape[0] // 3):
         nbytes += np.int64(mid[3 * r + 1] & np.uint64(0xFF))
-    out = np.empty(nbytes + g * max(nwords - 1, 0), dtype=np.uint8)
+    out = np.empty(nbytes + g * max(nwords - 1, 0), dtype=like.dtype)
     offsets = np.empty(nwords + 1, dtype=np.int64)
     out_counts = np.empty(nwords, dtype=np.int64)
     offsets[0] = 0
@@ -710,7 +712,7 @@ def flatten(short, mid, offs, arena, counts, n, gaps):
         if key != 0:
             length = np.int64(key & np.uint64(0xFF))
             for t in range(length):
-                out[pos + t] = np.uint8((key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+                out[pos + t] = (key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
             pos += length + g
             out_counts[w] = np.int64(short[2 * r + 1])
             w += 1
@@ -721,9 +723,9 @@ def flatten(short, mid, offs, arena, counts, n, gaps):
             k0 = mid[3 * r]
             length = np.int64(k1 & np.uint64(0xFF))
             for t in range(8):
-                out[pos + t] = np.uint8((k0 >> np.uint64(8 * t)) & np.uint64(0xFF))
+                out[pos + t] = (k0 >> np.uint64(8 * t)) & np.uint64(0xFF)
             for t in range(length - 8):
-                out[pos + 8 + t] = np.uint8((k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF))
+                out[pos + 8 + t] = (k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
             pos += length + g
             out_counts[w] = np.int64(mid[3 * r + 2])
             w += 1
@@ -749,5 +751,5 @@ def flatten(short, mid, offs, arena, counts, n, gaps):
                 break
         if sep >= 0:
             for k in range(nwords - 1):
-                out[offsets[k + 1] + k] = np.uint8(sep)
+                out[offsets[k + 1] + k] = sep
     return out, offsets, out_counts, sep

@@ -64,8 +64,9 @@ class CountTable:
         """(symbols int32, offsets int64, counts int64) of every word."""
         from .machine import flatten
 
-        raw, offsets, counts, _ = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, False)
-        return raw.astype(np.int32), offsets, counts
+        symbols, offsets, counts, _ = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, False,
+                                              np.empty(0, np.int32))
+        return symbols, offsets, counts
 
     def to_wordtable(self):
         from ..wordtable import WordTable
@@ -84,7 +85,8 @@ class CountTable:
         a table without Python objects (:meth:`to_wordtable`) avoids."""
         from .machine import flatten
 
-        raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True)
+        raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True,
+                                            np.empty(0, np.uint8))
         if offsets.shape[0] == 1:
             return {}
         data = raw.tobytes()
