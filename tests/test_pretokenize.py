@@ -313,7 +313,7 @@ def test_merge_all_of_many_tables(ntables):
     words = [" " + "".join(rng.choice("abcdefgh") for _ in range(rng.randrange(1, 24))) for _ in range(6_000)]
     data = "".join(words).encode()
     tabs = U.scan_tables()
-    cuts = sorted({0, len(data)} | {C.safe_cut(data, lo=rng.randrange(1, len(data))) for _ in range(ntables - 1)})
+    cuts = sorted({0, len(data)} | {C.cut_after(data, (), rng.randrange(1, len(data))) for _ in range(ntables - 1)})
     cuts = [c for c in cuts if c >= 0]
     tables = []
     for lo, hi in zip(cuts, cuts[1:]):
@@ -321,6 +321,32 @@ def test_merge_all_of_many_tables(ntables):
         t.add_chunk(data, (), tabs, lo, hi)
         tables.append(t)
     assert TB.merge_all(tables).to_dict() == Counter(reference_pretokens(data))
+
+
+@pytest.mark.parametrize("split", [0.0, 0.3, 0.5, 1.0])
+def test_two_tables_make_one_word_table_without_a_merge(split):
+    # the last two worker tables are read into one WordTable in two threads
+    # (machine.emit_pair): words in both tables once with their summed counts,
+    # words of either alone once, in every length class (short, mid, long),
+    # an empty table included; the dict (which merges first) agrees
+    rng = random.Random(int(split * 10))
+    words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(8_000)]
+    words += [" " + "q" * k for k in range(1, 40)] * 2
+    data = "".join(words).encode()
+    cut = C.cut_after(data, (), int(len(data) * split)) if 0 < split < 1 else int(len(data) * split)
+    tabs = U.scan_tables()
+    expected = Counter(reference_pretokens(data))
+    for swap in (False, True):
+        a, b = TB.CountTable(words=4), TB.CountTable(words=4)
+        a.add_chunk(data, (), tabs, 0, cut)
+        b.add_chunk(data, (), tabs, cut, len(data))
+        if swap:
+            a, b = b, a
+        a.deferred = b
+        table = a.to_wordtable()
+        assert table.num_words == len(expected)  # each word once
+        assert table.to_counts() == expected
+        assert a.to_dict() == expected and a.deferred is None  # merged on the way
 
 
 def test_long_word_hash_is_its_definition():

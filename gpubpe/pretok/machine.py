@@ -753,3 +753,139 @@ def flatten(short, mid, offs, arena, counts, n, gaps, like):
             for k in range(nwords - 1):
                 out[offsets[k + 1] + k] = sep
     return out, offsets, out_counts, sep
+
+
+# ---------------------------------------------------------------------------
+# Two tables into one WordTable, in two threads, without merging them
+# ---------------------------------------------------------------------------
+#
+# The last merge of the worker tables is a chain of insertions into one table
+# that no other thread can help with, and flatten() then reads the result in
+# one thread too. emit_pair() instead writes the words of two tables A and B
+# straight into one WordTable, half in each thread, reading both tables and
+# writing neither: the thread for A writes every word of A, with B's count
+# added where B has it; the thread for B writes the words that A lacks. The
+# first part's size is known before either starts (all of A), so both write
+# into the same arrays and nothing is copied after.
+
+
+@njit(cache=True, nogil=True)
+def _find_long(data, s, e, h, slots, offs, arena):
+    """The word id of ``data[s:e]`` (hash ``h``) in a long-word table, or -1."""
+    mask = slots.shape[0] - 1
+    tag = np.int64(h >> np.uint64(33))
+    q = np.int64(h & np.uint64(mask))
+    length = e - s
+    while True:
+        v = slots[q]
+        if v == 0:
+            return -1
+        if (v >> 32) == tag:
+            w = (v & 0xFFFFFFFF) - 1
+            o = offs[w]
+            if offs[w + 1] - o == length:
+                same = True
+                t = 0
+                while t + 8 <= length:
+                    if load8(arena, o + t) != load8(data, s + t):
+                        same = False
+                        break
+                    t += 8
+                while same and t < length:
+                    if arena[o + t] != data[s + t]:
+                        same = False
+                    t += 1
+                if same:
+                    return w
+        q = (q + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def table_bytes(short, mid, n):
+    """(words, bytes) of a table's words."""
+    nbytes = n[1]
+    for r in range(short.shape[0] // 2):
+        nbytes += np.int64(short[2 * r] & np.uint64(0xFF))
+    for r in range(mid.shape[0] // 3):
+        nbytes += np.int64(mid[3 * r + 1] & np.uint64(0xFF))
+    return n[0] + n[2] + n[3], nbytes
+
+
+@njit(cache=True, nogil=True)
+def emit_pair(short, mid, hashes, offs, arena, counts, n, o_short, o_mid, o_slots, o_offs, o_arena, o_counts,
+              first, symbols, offsets, out_counts, w0, pos0):
+    """Write this table's words as WordTable rows from row ``w0`` and symbol
+    ``pos0`` on (``offsets[w0]`` already set): with ``first``, every word,
+    its count plus the other table's (arrays prefixed ``o_``) where that has
+    it; without, only the words the other table lacks. Returns the rows
+    written."""
+    smask = o_short.shape[0] // 2 - 1
+    mmask = o_mid.shape[0] // 3 - 1
+    w = w0
+    pos = pos0
+    for r in range(short.shape[0] // 2):
+        key = short[2 * r]
+        if key == 0:
+            continue
+        q = _short_slot(key, smask)
+        other = np.uint64(0)
+        found = False
+        while True:
+            v = o_short[2 * q]
+            if v == key:
+                other = o_short[2 * q + 1]
+                found = True
+                break
+            if v == 0:
+                break
+            q = (q + 1) & smask
+        if found and not first:
+            continue
+        length = np.int64(key & np.uint64(0xFF))
+        for t in range(length):
+            symbols[pos + t] = (key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
+        pos += length
+        out_counts[w] = np.int64(short[2 * r + 1] + other)
+        w += 1
+        offsets[w] = pos
+    for r in range(mid.shape[0] // 3):
+        k1 = mid[3 * r + 1]
+        if k1 == 0:
+            continue
+        k0 = mid[3 * r]
+        q = _mid_slot(k0, k1, mmask)
+        other = np.uint64(0)
+        found = False
+        while True:
+            v = o_mid[3 * q + 1]
+            if v == k1 and o_mid[3 * q] == k0:
+                other = o_mid[3 * q + 2]
+                found = True
+                break
+            if v == 0:
+                break
+            q = (q + 1) & mmask
+        if found and not first:
+            continue
+        length = np.int64(k1 & np.uint64(0xFF))
+        for t in range(8):
+            symbols[pos + t] = (k0 >> np.uint64(8 * t)) & np.uint64(0xFF)
+        for t in range(length - 8):
+            symbols[pos + 8 + t] = (k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
+        pos += length
+        out_counts[w] = np.int64(mid[3 * r + 2] + other)
+        w += 1
+        offsets[w] = pos
+    for k in range(n[0]):
+        o = offs[k]
+        e = offs[k + 1]
+        x = _find_long(arena, o, e, hashes[k], o_slots, o_offs, o_arena)
+        if x >= 0 and not first:
+            continue
+        for t in range(e - o):
+            symbols[pos + t] = arena[o + t]
+        pos += e - o
+        out_counts[w] = counts[k] + (o_counts[x] if x >= 0 else 0)
+        w += 1
+        offsets[w] = pos
+    return w - w0

@@ -20,6 +20,11 @@ class CountTable:
 
     _FIELDS = ("short", "mid", "slots", "hashes", "offs", "arena", "counts")
 
+    # A second table whose words this one stands for too, not yet merged in:
+    # to_wordtable() reads both in two threads (machine.emit_pair), anything
+    # else merges it first (_settle).
+    deferred: "CountTable | None" = None
+
     def __init__(self, words: int = 1 << 10, arena: int = 1 << 14):
         self.short = np.zeros(2 * 4 * words, dtype=np.uint64)
         self.mid = np.zeros(3 * 4 * words, dtype=np.uint64)
@@ -32,7 +37,13 @@ class CountTable:
 
     @property
     def nwords(self) -> int:
+        """Words in this table (a deferred one not counted)."""
         return int(self.n[0] + self.n[2] + self.n[3])
+
+    def _settle(self) -> None:
+        if self.deferred is not None:
+            other, self.deferred = self.deferred, None
+            self.merge(other)
 
     def _set(self, arrays) -> None:
         for name, a in zip(self._FIELDS, arrays):
@@ -53,6 +64,8 @@ class CountTable:
     def merge(self, other: CountTable) -> None:
         from .machine import merge_tables
 
+        self._settle()
+        other._settle()
         self._set(
             merge_tables(
                 *self._arrays(), self.n,
@@ -64,9 +77,44 @@ class CountTable:
         """(symbols int32, offsets int64, counts int64) of every word."""
         from .machine import flatten
 
+        if self.deferred is not None:
+            return self._pair_arrays()
         symbols, offsets, counts, _ = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, False,
                                               np.empty(0, np.int32))
         return symbols, offsets, counts
+
+    def _pair_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`arrays` of this table and the deferred one, written in two
+        threads (one per table) into the same arrays."""
+        from .machine import emit_pair, table_bytes
+
+        a, b = self, self.deferred
+        wa, ba = table_bytes(a.short, a.mid, a.n)
+        wb, bb = table_bytes(b.short, b.mid, b.n)
+        symbols = np.empty(ba + bb, np.int32)
+        offsets = np.empty(wa + wb + 1, np.int64)
+        counts = np.empty(wa + wb, np.int64)
+        offsets[0], offsets[wa] = 0, ba
+        rows = [0, 0]
+        errors: list[BaseException] = []
+
+        def emit(k: int, t: CountTable, o: CountTable, w0: int, pos0: int) -> None:
+            try:
+                rows[k] = emit_pair(t.short, t.mid, t.hashes, t.offs, t.arena, t.counts, t.n, o.short, o.mid, o.slots,
+                                    o.offs, o.arena, o.counts, k == 0, symbols, offsets, counts, w0, pos0)
+            except BaseException as e:  # re-raised in the caller's thread
+                errors.append(e)
+
+        threads = [threading.Thread(target=emit, args=(0, a, b, 0, 0), daemon=True),
+                   threading.Thread(target=emit, args=(1, b, a, wa, ba), daemon=True)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        total = rows[0] + rows[1]
+        return symbols[: offsets[total]], offsets[: total + 1], counts[:total]
 
     def to_wordtable(self):
         from ..wordtable import WordTable
@@ -85,6 +133,7 @@ class CountTable:
         a table without Python objects (:meth:`to_wordtable`) avoids."""
         from .machine import flatten
 
+        self._settle()
         raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True,
                                             np.empty(0, np.uint8))
         if offsets.shape[0] == 1:
@@ -121,7 +170,9 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
     chunk is handed out as tasks of about ``config.PRETOK_TASK_BYTES`` (cut
     where the counts cannot change), so that 16 threads stay busy on a corpus
     of a few chunks. Read-ahead is bounded (a queue of ``workers`` tasks), so
-    at most ``2 * workers + 1`` chunks are alive at once.
+    at most ``2 * workers + 1`` chunks are alive at once. The tables are
+    merged in rounds of pairs down to two (:func:`merge_all`), which the
+    WordTable is then read from in two threads.
     """
     tabs = unicode.scan_tables()
     # One worker runs in a thread too: compiled code called from the main
@@ -167,14 +218,15 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
 
 
 def merge_all(tables: list[CountTable]) -> CountTable:
-    """One table holding the words of all ``tables`` (which it consumes).
+    """One table standing for the words of all ``tables`` (which it consumes);
+    of the last two, one is deferred into the other rather than merged.
 
     Merged in rounds, pairs at once in threads (the merge is ``nogil``): the
     largest table of a round takes the smallest, the second the second
     smallest, and so on, so that 16 tables merge in 4 rounds, the longest
     chain of merges being 4 instead of 15 in a row."""
     tables = sorted(tables, key=lambda t: t.nwords, reverse=True)
-    while len(tables) > 1:
+    while len(tables) > 2:
         half = len(tables) // 2
         pairs = [(tables[i], tables[len(tables) - 1 - i]) for i in range(half)]
         if len(pairs) == 1:
@@ -197,4 +249,6 @@ def merge_all(tables: list[CountTable]) -> CountTable:
                 raise errors[0]
         rest = tables[half : len(tables) - half]  # the middle one of an odd round waits for the next
         tables = sorted([a for a, _ in pairs] + rest, key=lambda t: t.nwords, reverse=True)
+    if len(tables) == 2:  # the last merge is left to the reader: to_wordtable() needs none (see CountTable)
+        tables[0].deferred = tables[1]
     return tables[0]
