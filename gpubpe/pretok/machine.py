@@ -32,7 +32,8 @@ Counting uses open-addressing hash tables keyed by the pre-token bytes:
 words of up to 15 bytes are the key themselves, longer ones are found by a
 64-bit hash and confirmed by a full comparison of the bytes, so two different
 pre-tokens are never merged. Each worker fills its own tables; tables are
-merged word by word (counts are additive).
+merged word by word (counts are additive), and the last two are read into
+one WordTable in two threads without being merged (:func:`emit_pair`).
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ _SEED = np.uint64(0xCBF29CE484222325)
 #   bmp    uint8[65536]  the class of every code point below U+10000 (one
 #                        load for the 2- and 3-byte sequences of most scripts)
 #   stage1, stage2       the two-level table, for 4-byte sequences (U+10000..)
-# A whole run of one ASCII class is consumed by a two-instruction loop; a byte
+# A run of ASCII letters or digits is consumed eight bytes per step
+# (_run_end_mask), any other ASCII run by a two-instruction loop; a byte
 # >= 0x80 is decoded only where the run reaches one.
 
 HIGH = 4  # cls[] of a byte >= 0x80: decode the sequence it starts
