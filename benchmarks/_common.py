@@ -618,3 +618,20 @@ class Provenance:
 
     def as_dict(self) -> dict:
         return {"command": self.command, "date": self.date, "machine": self.machine}
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def load_note(before: float | None, after: float | None) -> str:
+    """A note on how busy the machine was: its load average when the runs began and ended
+    (this benchmark's own processes included)."""
+    if before is None or after is None:
+        return "load average: not available on this OS"
+    return (f"load average (1 min, this benchmark's own runs included) {before:.2f} when the runs began, "
+            f"{after:.2f} when they ended, on {usable_cores()} cores")

@@ -125,6 +125,8 @@ def parse_args(argv=None):
     ap.add_argument("--json", help="write every sample here")
     ap.add_argument("--results", nargs="?", const=str(C.RESULTS_MD), default=None, metavar="PATH",
                     help="write the table into benchmarks/RESULTS.md (or PATH)")
+    ap.add_argument("--note", action="append", default=[], help="a line for the notes under the table (repeatable)")
+    ap.add_argument("--section", metavar="KEY", help="the RESULTS.md section to write (default pretok-<corpus name>)")
     ap.add_argument("--timeout", type=float, default=1800)
     ap.add_argument("--_child", nargs=4, metavar=("METHOD", "WORKERS", "MODE", "RESULT"), help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -149,6 +151,7 @@ def main(argv=None) -> int:
         nw = 1 if not w else (args.workers if w == "W" else int(w))
         methods.extend([(name, nw, "fresh")] if name == "regex" else [(name, nw, mode) for mode in modes])
     samples: dict[tuple[str, int, str], list[dict]] = {m: [] for m in methods}
+    load_before = C.load_average()
     with tempfile.TemporaryDirectory(prefix="gpubpe-bench-pretok-") as tmp:
         for r in range(args.repeats):
             for name, w, mode in methods:
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
               "(for a warm run: both calls), less the time --check spent on its digest")]
     if args.check:
         notes.append("--check: every method gave the same counts")
+    notes.append(C.load_note(load_before, C.load_average()))
+    notes.extend(args.note)
     print(table)
     print("\n".join(notes))
     if args.json:
@@ -206,7 +211,7 @@ def main(argv=None) -> int:
     if args.results:
         section = C.render_section(title=f"Pre-tokenization and counting ({corpus.name})", command=C.command_line(),
                                    body=table, corpora=[corpus], machine=C.machine_info(), notes=notes)
-        C.update_results(f"pretok-{corpus.name}", section, path=args.results)
+        C.update_results(args.section or f"pretok-{corpus.name}", section, path=args.results)
     return 0
 
 

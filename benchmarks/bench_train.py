@@ -425,6 +425,8 @@ def parse_args(argv=None):
     p.add_argument("--json", metavar="OUT.json", help="write every sample, the machine and the command here")
     p.add_argument("--results", nargs="?", const=str(C.RESULTS_MD), default=None, metavar="RESULTS.md",
                    help="write this run's section into RESULTS.md (default path benchmarks/RESULTS.md)")
+    p.add_argument("--note", action="append", default=[], help="a line for the notes under the tables (repeatable)")
+    p.add_argument("--section", metavar="KEY", help="the RESULTS.md section to write (default train.<corpus stem>)")
     p.add_argument("--check", action="store_true",
                    help="also train with every gpubpe engine (cpu-numba, cpu-python, cuda-sim, cuda where available) "
                         "and fail unless their merges are identical")
@@ -512,6 +514,7 @@ def main(argv=None) -> int:
         return 1
     baseline = args.baseline or next((t for t in ("cuda", "cpu", "cpu-numba") if t in tools), None)
 
+    load_before = C.load_average()
     merges_dir = tempfile.mkdtemp(prefix="gpubpe-merges-")  # the timed runs' merges, for the parity check
     runs = measure(tools, path, args.vocab_list, repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                    timeout=args.timeout, log=log, merges_dir=merges_dir if args.check else None) if tools else []
@@ -571,6 +574,7 @@ def main(argv=None) -> int:
 
     skipped_notes = [f"Skipped {TOOLS[t].label}: {why}." for t, why in skipped.items()]
     notes = (method_notes(tools, args.repeats, args.warmup, args.threads) if tools else []) + skipped_notes
+    notes += [C.load_note(load_before, C.load_average()), *args.note]
     markdown = "\n\n".join(body)
     print(markdown)
     if notes:
@@ -587,7 +591,7 @@ def main(argv=None) -> int:
         section = C.render_section(
             title=f"Training: gpubpe and the anchors on {corpus.name}", command=prov.command, body=markdown,
             corpora=[corpus], machine=prov.machine, date=prov.date, notes=notes)
-        key = f"train.{corpus.path.stem}" + (".check" if args.check_only else "")
+        key = args.section or f"train.{corpus.path.stem}" + (".check" if args.check_only else "")
         C.update_results(key, section, path=args.results)
         log(f"updated {args.results} (section {key})")
     if check_failed:

@@ -49,15 +49,37 @@ def split_specials(data: bytes, specials: tuple[bytes, ...]) -> list[bytes]:
 
 
 
-def piece_bounds(data: bytes, specials: tuple[bytes, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end offsets (int64) of the non-empty pieces between special tokens."""
+def piece_bounds(data: bytes, specials: tuple[bytes, ...], lo: int = 0, hi: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end offsets (int64) of the non-empty pieces between special
+    tokens, of ``data[lo:hi]`` (offsets into ``data``)."""
+    hi = len(data) if hi is None else hi
     if not specials:
-        return np.array([0], np.int64), np.array([len(data)], np.int64)
-    cuts = [0]
-    for m in special_regex(specials).finditer(data):
-        cuts.append(m.start())
-        cuts.append(m.end())
-    cuts.append(len(data))
+        return np.array([lo], np.int64), np.array([hi], np.int64)
+    cuts = [lo]
+    first = {s[:1] for s in specials}
+    if len(first) == 1 and b"" not in first and isinstance(data, (bytes, bytearray)):
+        # All specials start with one byte (``<|...|>``): memchr to each
+        # occurrence of it, then the specials longest first, which is what the
+        # alternation of special_regex finds (2.5x faster than its finditer on
+        # small.txt: the scan is memchr's, Python only sees the candidates).
+        lead = first.pop()
+        ordered = sorted(specials, key=len, reverse=True)
+        find, starts_with = data.find, data.startswith
+        p = find(lead, lo, hi)
+        while p >= 0:
+            for s in ordered:
+                if starts_with(s, p, hi):
+                    cuts.append(p)
+                    cuts.append(p + len(s))
+                    p += len(s) - 1
+                    break
+            p = find(lead, p + 1, hi)
+    else:
+        for m in special_regex(specials).finditer(data, lo, hi):
+            cuts.append(m.start())
+            cuts.append(m.end())
+    cuts.append(hi)
     b = np.asarray(cuts, dtype=np.int64).reshape(-1, 2)
     b = b[b[:, 1] > b[:, 0]]
     return np.ascontiguousarray(b[:, 0]), np.ascontiguousarray(b[:, 1])

@@ -27,6 +27,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _numba
+
+_numba.load()  # before anything compiled runs: Numba without SciPy (see gpubpe._numba)
+
 import numpy as np
 from numba import njit
 

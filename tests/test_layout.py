@@ -16,7 +16,8 @@ PKG = Path(gpubpe.__file__).parent
 # The stages of DESIGN §2 in pipeline order; a module may import only from its
 # own stage or an earlier one. Helpers every stage may use come first.
 STAGES = [
-    ["gpubpe.config", "gpubpe._validate", "gpubpe._files", "gpubpe._progress", "gpubpe._pool", "gpubpe._version"],
+    ["gpubpe.config", "gpubpe._validate", "gpubpe._files", "gpubpe._progress", "gpubpe._pool", "gpubpe._version",
+     "gpubpe._numba"],
     ["gpubpe.patterns", "gpubpe.ties"],
     ["gpubpe.corpus"],
     ["gpubpe.wordtable"],  # the seam: what counting makes and every backend takes

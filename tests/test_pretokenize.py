@@ -162,6 +162,66 @@ def _resync_points(data: bytes) -> list[int]:
     return out
 
 
+# Runs of ASCII letters and digits are consumed eight bytes at a time
+# (pretok.machine._run_end_mask): runs of every length around multiples of 8,
+# ended by every ASCII byte and by multibyte letters, digits, spaces and
+# invalid bytes, and cut short by the end of the input at every offset.
+RUN_ENDS = [bytes([b]) for b in range(128)] + [s.encode() for s in ("é", "日", "٣", "\u00a0", "🙂")] + [b"\xff", b"\xc3"]
+
+
+@settings(max_examples=max_examples(300), deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["letters", "digits"]), st.integers(0, 26), st.sampled_from(RUN_ENDS)),
+                min_size=1, max_size=8), st.randoms(use_true_random=False))
+def test_letter_and_digit_runs_of_every_length(runs, rnd):
+    parts = []
+    for kind, n, end in runs:
+        alphabet = "abcxyzABCXYZ" if kind == "letters" else "0123456789"
+        parts.append("".join(rnd.choice(alphabet) for _ in range(n)).encode() + end)
+    data = b"".join(parts)
+    for cut in range(len(data) + 1):  # the run ends at the piece end too, at every offset
+        assert numba_pretokens(data[:cut]) == reference_pretokens(data[:cut])
+
+
+def test_swar_run_masks_agree_with_the_class_table():
+    # _run_end_mask's high bits are set exactly on the bytes that are not
+    # ASCII of the class, for every byte value in every one of the 8 lanes
+    from gpubpe.pretok import machine as M
+
+    cls = U.scan_tables()[0]
+    for k in (M.LETTER, M.NUMBER):
+        for lane in range(8):
+            for b in range(256):
+                filler = ord("a") if k == M.LETTER else ord("0")
+                word = bytearray([filler] * 8)
+                word[lane] = b
+                mask = int(M._run_end_mask.py_func(np.uint64(int.from_bytes(word, "little")), k))
+                assert bool(mask >> (8 * lane + 7) & 1) == (cls[b] != k), (k, lane, b)
+                assert mask & ~(0x80 << (8 * lane)) == 0, (k, lane, b)
+
+
+@pytest.mark.parametrize("specials", [(EOT,), ("<|a|>", "<|a|><|a|>", "<|ab|>", "<"), ("ab", "cd"), ("aa",)])
+def test_piece_bounds_fast_path_is_the_regex_alternation(specials):
+    # one lead byte shared by all specials: memchr and startswith, longest
+    # first; otherwise the regex alternation. Both give the same pieces, for
+    # a whole chunk and for a task inside it (lo, hi).
+    sp = C.special_bytes(specials)
+    rng = random.Random(len(specials))
+    alphabet = [b"<", b"|", b"a", b"b", b">", b"c", b"d", b" ", EOT.encode(), b"<|a|>", b"<|ab|>"]
+    for _ in range(300):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30)))
+        lo = rng.randrange(0, len(data) + 1)
+        hi = rng.randrange(lo, len(data) + 1)
+        cuts = [lo]
+        for m in C.special_regex(sp).finditer(data, lo, hi):
+            cuts += [m.start(), m.end()]
+        cuts.append(hi)
+        want = [(a, b) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+        starts, ends = C.piece_bounds(data, sp, lo, hi)
+        assert list(zip(starts.tolist(), ends.tolist())) == want, (data, lo, hi)
+        starts, ends = C.piece_bounds(memoryview(data), sp, lo, hi)  # not bytes: the regex path
+        assert list(zip(starts.tolist(), ends.tolist())) == want
+
+
 @settings(max_examples=max_examples(200), deadline=None)
 @given(fuzz_bytes)
 def test_resync_rule_every_non_space_to_space_is_a_boundary(data):
@@ -245,6 +305,92 @@ def test_table_merge_and_growth():
     assert a.to_dict() == Counter(reference_pretokens(data))
 
 
+@pytest.mark.parametrize("ntables", [1, 2, 3, 5, 8])
+def test_merge_all_of_many_tables(ntables):
+    # the rounds of pairwise merges (in threads) give the counts of the whole,
+    # for odd and even numbers of tables of very different sizes
+    rng = random.Random(ntables)
+    words = [" " + "".join(rng.choice("abcdefgh") for _ in range(rng.randrange(1, 24))) for _ in range(6_000)]
+    data = "".join(words).encode()
+    tabs = U.scan_tables()
+    cuts = sorted({0, len(data)} | {C.cut_after(data, (), rng.randrange(1, len(data))) for _ in range(ntables - 1)})
+    cuts = [c for c in cuts if c >= 0]
+    tables = []
+    for lo, hi in zip(cuts, cuts[1:]):
+        t = TB.CountTable(words=4)
+        t.add_chunk(data, (), tabs, lo, hi)
+        tables.append(t)
+    assert TB.merge_all(tables).to_dict() == Counter(reference_pretokens(data))
+
+
+@pytest.mark.parametrize("split", [0.0, 0.3, 0.5, 1.0])
+def test_two_tables_make_one_word_table_without_a_merge(split):
+    # the last two worker tables are read into one WordTable in two threads
+    # (machine.emit_pair): words in both tables once with their summed counts,
+    # words of either alone once, in every length class (short, mid, long),
+    # an empty table included; the dict (which merges first) agrees
+    rng = random.Random(int(split * 10))
+    words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(8_000)]
+    words += [" " + "q" * k for k in range(1, 40)] * 2
+    data = "".join(words).encode()
+    cut = C.cut_after(data, (), int(len(data) * split)) if 0 < split < 1 else int(len(data) * split)
+    tabs = U.scan_tables()
+    expected = Counter(reference_pretokens(data))
+    for swap in (False, True):
+        a, b = TB.CountTable(words=4), TB.CountTable(words=4)
+        a.add_chunk(data, (), tabs, 0, cut)
+        b.add_chunk(data, (), tabs, cut, len(data))
+        if swap:
+            a, b = b, a
+        a.deferred = b
+        table = a.to_wordtable()
+        assert table.num_words == len(expected)  # each word once
+        assert table.to_counts() == expected
+        assert a.to_dict() == expected and a.deferred is None  # merged on the way
+
+
+def test_long_word_hash_is_its_definition():
+    # the hash of a long word reads 8 bytes per load, the last partial step
+    # from the 8 bytes that end the word: the same value as the definition
+    # (little-endian 8-byte steps, the last one zero-padded), at every offset
+    from gpubpe.pretok import machine as M
+
+    def definition(b: bytes) -> int:
+        mask = (1 << 64) - 1
+        h = 0xCBF29CE484222325 ^ len(b)
+        for q in range(0, len(b), 8):
+            h = ((h ^ int.from_bytes(b[q : q + 8], "little")) * 0x9E3779B97F4A7C15) & mask
+            h ^= h >> 29
+        h = (h * 0xBF58476D1CE4E5B9) & mask
+        return h ^ (h >> 32)
+
+    rng = random.Random(3)
+    buf = bytes(rng.randrange(256) for _ in range(100))
+    arr = np.frombuffer(buf, np.uint8)
+    for s in range(0, 30):
+        for e in range(s, len(buf) + 1, 3):
+            assert int(M._hash(arr, s, e)) == definition(buf[s:e]), (s, e)
+
+
+def test_long_words_differing_in_one_byte_are_not_merged():
+    # long words are confirmed by comparing bytes, 8 at a time then one by
+    # one: words equal but for one byte anywhere, of lengths around multiples
+    # of 8, stay apart
+    words = []
+    for n in (16, 17, 23, 24, 25, 31, 32, 33, 40):
+        base = bytearray(b"q" * n)
+        words.append(bytes(base))
+        for pos in range(n):
+            w = bytearray(base)
+            w[pos] = ord("r")
+            words.append(bytes(w))
+    data = b" ".join(words * 3)
+    tabs = U.scan_tables()
+    table = TB.CountTable(words=4)
+    table.add_chunk(data, (), tabs)
+    assert table.to_dict() == Counter(reference_pretokens(data))
+
+
 def test_numba_and_regex_engines_agree_on_pretokenize(monkeypatch):
     data = (FIXTURES / "german.txt").read_bytes() + b"\xc3 it's<|endoftext|>x"
     monkeypatch.setattr(config, "NUMBA_PRETOKENIZE_BYTES", 0)
@@ -263,6 +409,23 @@ def test_small_inputs_do_not_load_numba():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_numba_loads_without_scipy_and_blas_still_works():
+    # gpubpe._numba keeps Numba's BLAS check from importing scipy.linalg (0.17 s
+    # of a cold start); Numba code that does use BLAS in the same process
+    # still compiles and gives NumPy's answer
+    code = (
+        "import sys, numpy as np, gpubpe; from gpubpe import _numba; from gpubpe.pretok import machine as M, unicode as U;"
+        "s, e = M.token_spans(np.frombuffer(b'it is', np.uint8), np.array([0]), np.array([5]), *U.scan_tables());"
+        "print(e.tolist(), 'scipy.linalg' in sys.modules);"
+        "import importlib.util, numba, numba.np.arraymath as am;"
+        "have = importlib.util.find_spec('scipy') is not None; print(am._HAVE_BLAS == have);"
+        "a = np.arange(6.0).reshape(2, 3); b = np.arange(6.0).reshape(3, 2);"
+        "print(not have or bool((numba.njit(lambda x, y: np.dot(x, y))(a, b) == a @ b).all()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[2,", "5]", "False", "True", "True"], out.stdout
 
 
 # ---------------------------------------------------------------------------

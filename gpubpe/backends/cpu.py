@@ -60,6 +60,10 @@ separate count array (no gain), prefetching the neighbours' pair records
 
 from __future__ import annotations
 
+from .. import _numba
+
+_numba.load()  # before anything compiled runs: Numba without SciPy (see gpubpe._numba)
+
 import numpy as np
 from llvmlite import ir
 from numba import njit

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from .._pool import process_pool
 from ..corpus import split_specials
 from ..patterns import GPT2_PATTERN, compiled
 
@@ -48,6 +47,10 @@ def count_regex(chunks: Iterator[bytes], specials: tuple[bytes, ...], workers: i
         yield first
         yield second
         yield from chunks
+
+    # imported here: concurrent.futures.process and multiprocessing are 0.016 s
+    # of `import gpubpe`, for inputs too small to fork for they are not needed
+    from .._pool import process_pool
 
     # Bounded in flight: at most 2 chunks per worker are read ahead.
     with process_pool(workers) as pool:
