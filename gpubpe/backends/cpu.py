@@ -100,6 +100,40 @@ _OFF, _LEN, _WCOUNT = 0, 1, 2
 
 
 @njit(cache=True, nogil=True)
+def _forced_pair(a, b, byte_pair, made_at, pdata):
+    """The pair id of a forced merge (a, b), or -1 when the pair is absent.
+    A pair is made in the merge that creates the later of its tokens (or is
+    two bytes), so it is found among that merge's new pairs without a hash table."""
+    if a < 256 and b < 256:
+        return np.int64(byte_pair[a * 256 + b])
+    later = max(a, b) - 256
+    want = (a << 32) | b
+    for q in range(made_at[later], made_at[later + 1]):
+        if pdata[q, _KEY] == want:
+            return np.int64(q)
+    return np.int64(-1)
+
+
+@njit(cache=True, nogil=True)
+def _token_bytes(buf, buf_used, toff, tlen, t, a, b):
+    """Write token t's bytes (a's then b's) at the end of the byte buffer,
+    growing it when full; returns the buffer and its new fill."""
+    la = tlen[a]
+    lb = tlen[b]
+    if buf_used + la + lb > buf.shape[0]:
+        grown = np.empty(2 * buf.shape[0] + la + lb, np.uint8)
+        grown[:buf_used] = buf[:buf_used]
+        buf = grown
+    toff[t] = buf_used
+    tlen[t] = la + lb
+    for i in range(la):
+        buf[buf_used + i] = buf[toff[a] + i]
+    for i in range(lb):
+        buf[buf_used + la + i] = buf[toff[b] + i]
+    return buf, buf_used + la + lb
+
+
+@njit(cache=True, nogil=True)
 def _new_pair(pdata, npairs, key):
     """Add pair ``key`` with count 0; returns (id, pdata, npairs)."""
     p = npairs
@@ -475,16 +509,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             # pair may be absent here (then it only makes the token)
             a = np.int64(forced[m, 0])
             b = np.int64(forced[m, 1])
-            best = -1
-            if a < 256 and b < 256:
-                best = byte_pair[a * 256 + b]
-            else:
-                later = max(a, b) - 256
-                want = (a << 32) | b
-                for q in range(made_at[later], made_at[later + 1]):
-                    if pdata[q, _KEY] == want:
-                        best = q
-                        break
+            best = _forced_pair(a, b, byte_pair, made_at, pdata)
             if best != -1:
                 mcount[m] = pdata[best, _COUNT]
         else:
@@ -497,20 +522,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
         t = 256 + m
         merges[m, 0] = a
         merges[m, 1] = b
-        # bytes of the new token
-        la = tlen[a]
-        lb = tlen[b]
-        if buf_used + la + lb > buf.shape[0]:
-            grown = np.empty(2 * buf.shape[0] + la + lb, np.uint8)
-            grown[:buf_used] = buf[:buf_used]
-            buf = grown
-        toff[t] = buf_used
-        tlen[t] = la + lb
-        for i in range(la):
-            buf[buf_used + i] = buf[toff[a] + i]
-        for i in range(lb):
-            buf[buf_used + la + i] = buf[toff[b] + i]
-        buf_used += la + lb
+        buf, buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
 
         first_new = npairs
         nt = 0

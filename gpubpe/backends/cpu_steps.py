@@ -73,8 +73,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _compact, _heap_push, _new_pair,
-                  _place, _pop_best, _refill, _setup, prefetch)
+from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _compact, _forced_pair, _heap_push,
+                  _new_pair, _place, _pop_best, _refill, _setup, _token_bytes, prefetch)
 
 _SELF = -2  # the merge's own new token while its created pairs are counted
 
@@ -281,16 +281,7 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
         if m < forced.shape[0]:
             a = np.int64(forced[m, 0])
             b = np.int64(forced[m, 1])
-            best = -1
-            if a < 256 and b < 256:
-                best = byte_pair[a * 256 + b]
-            else:
-                later = max(a, b) - 256
-                want = (a << 32) | b
-                for q in range(made_at[later], made_at[later + 1]):
-                    if pdata[q, _KEY] == want:
-                        best = q
-                        break
+            best = _forced_pair(a, b, byte_pair, made_at, pdata)
             cand[0] = best
             ccount[0] = pdata[best, _COUNT] if best != -1 else 0
             merges[m, 0] = a
@@ -354,19 +345,7 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             a = np.int64(merges[m + k, 0])
             b = np.int64(merges[m + k, 1])
             mcount[m + k] = ccount[k]
-            la = tlen[a]
-            lb = tlen[b]
-            if buf_used + la + lb > buf.shape[0]:
-                grown = np.empty(2 * buf.shape[0] + la + lb, np.uint8)
-                grown[:buf_used] = buf[:buf_used]
-                buf = grown
-            toff[t] = buf_used
-            tlen[t] = la + lb
-            for i in range(la):
-                buf[buf_used + i] = buf[toff[a] + i]
-            for i in range(lb):
-                buf[buf_used + la + i] = buf[toff[b] + i]
-            buf_used += la + lb
+            buf, buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
             if cand[k] != -1:
                 acc[cand[k]] = t
 
