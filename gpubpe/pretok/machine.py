@@ -606,8 +606,11 @@ def _add_short(key, c, short, n):
 
 
 @njit(cache=True, nogil=True)
-def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
-    """Add ``c`` to the word ``data[s:e]`` with hash ``h`` (room reserved)."""
+def _probe_long(data, s, e, h, slots, offs, arena):
+    """Where the word ``data[s:e]`` (hash ``h``) is in a long-word table:
+    ``(its id, -1)``, or ``(-1, the empty slot that ends its probe)``. The tag
+    (the hash's top bits) rules most slots out; a slot whose tag matches is
+    confirmed by comparing the bytes, so two words are never taken for one."""
     mask = slots.shape[0] - 1
     tag = np.int64(h >> np.uint64(33))
     q = np.int64(h & np.uint64(mask))
@@ -615,7 +618,7 @@ def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
     while True:
         v = slots[q]
         if v == 0:
-            break
+            return -1, q
         if (v >> 32) == tag:
             w = (v & 0xFFFFFFFF) - 1
             o = offs[w]
@@ -632,9 +635,19 @@ def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
                         same = False
                     t += 1
                 if same:
-                    counts[w] += c
-                    return
+                    return w, np.int64(-1)
         q = (q + 1) & mask
+
+
+@njit(cache=True, nogil=True)
+def _add_long(data, s, e, h, c, slots, hashes, offs, arena, counts, n):
+    """Add ``c`` to the word ``data[s:e]`` with hash ``h`` (room reserved)."""
+    w, q = _probe_long(data, s, e, h, slots, offs, arena)
+    if w >= 0:
+        counts[w] += c
+        return
+    tag = np.int64(h >> np.uint64(33))
+    length = e - s
     nw = n[0]
     used = n[1]
     for t in range(length):
@@ -791,32 +804,7 @@ def flatten(short, mid, offs, arena, counts, n, gaps, like):
 @njit(cache=True, nogil=True)
 def _find_long(data, s, e, h, slots, offs, arena):
     """The word id of ``data[s:e]`` (hash ``h``) in a long-word table, or -1."""
-    mask = slots.shape[0] - 1
-    tag = np.int64(h >> np.uint64(33))
-    q = np.int64(h & np.uint64(mask))
-    length = e - s
-    while True:
-        v = slots[q]
-        if v == 0:
-            return -1
-        if (v >> 32) == tag:
-            w = (v & 0xFFFFFFFF) - 1
-            o = offs[w]
-            if offs[w + 1] - o == length:
-                same = True
-                t = 0
-                while t + 8 <= length:
-                    if load8(arena, o + t) != load8(data, s + t):
-                        same = False
-                        break
-                    t += 8
-                while same and t < length:
-                    if arena[o + t] != data[s + t]:
-                        same = False
-                    t += 1
-                if same:
-                    return w
-        q = (q + 1) & mask
+    return _probe_long(data, s, e, h, slots, offs, arena)[0]
 
 
 @njit(cache=True, nogil=True)
