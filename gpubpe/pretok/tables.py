@@ -99,23 +99,12 @@ class CountTable:
         counts = np.empty(wa + wb, np.int64)
         offsets[0], offsets[wa] = 0, ba
         rows = [0, 0]
-        errors: list[BaseException] = []
 
         def emit(k: int, t: CountTable, o: CountTable, w0: int, pos0: int) -> None:
-            try:
-                rows[k] = emit_pair(t.short, t.mid, t.hashes, t.offs, t.arena, t.counts, t.n, o.short, o.mid, o.slots,
-                                    o.offs, o.arena, o.counts, k == 0, symbols, offsets, counts, w0, pos0)
-            except BaseException as e:  # re-raised in the caller's thread
-                errors.append(e)
+            rows[k] = emit_pair(t.short, t.mid, t.hashes, t.offs, t.arena, t.counts, t.n, o.short, o.mid, o.slots,
+                                o.offs, o.arena, o.counts, k == 0, symbols, offsets, counts, w0, pos0)
 
-        threads = [threading.Thread(target=emit, args=(0, a, b, 0, 0), daemon=True),
-                   threading.Thread(target=emit, args=(1, b, a, wa, ba), daemon=True)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
+        _in_threads(emit, [(0, a, b, 0, 0), (1, b, a, wa, ba)])
         total = rows[0] + rows[1]
         return symbols[: offsets[total]], offsets[: total + 1], counts[:total]
 
@@ -220,6 +209,27 @@ def count_numba(chunks: Iterable[bytes], specials: tuple[bytes, ...], workers: i
     return merge_all(tables)
 
 
+def _in_threads(fn, arglists) -> None:
+    """``fn(*args)`` for each of ``arglists``, each in a thread of its own
+    (the compiled work releases the GIL); the first exception a thread
+    raised is raised again here, in the caller's thread."""
+    errors: list[BaseException] = []
+
+    def run(args) -> None:
+        try:
+            fn(*args)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(args,), daemon=True) for args in arglists]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
 def merge_all(tables: list[CountTable]) -> CountTable:
     """One table standing for the words of all ``tables`` (which it consumes);
     of the last two, one is deferred into the other rather than merged.
@@ -235,21 +245,7 @@ def merge_all(tables: list[CountTable]) -> CountTable:
         if len(pairs) == 1:
             pairs[0][0].merge(pairs[0][1])
         else:
-            errors: list[BaseException] = []
-
-            def merge(a: CountTable, b: CountTable) -> None:
-                try:
-                    a.merge(b)
-                except BaseException as e:  # re-raised in the caller's thread
-                    errors.append(e)
-
-            threads = [threading.Thread(target=merge, args=ab, daemon=True) for ab in pairs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            if errors:
-                raise errors[0]
+            _in_threads(CountTable.merge, pairs)
         rest = tables[half : len(tables) - half]  # the middle one of an odd round waits for the next
         tables = sorted([a for a, _ in pairs] + rest, key=lambda t: t.nwords, reverse=True)
     if len(tables) == 2:  # the last merge is left to the reader: to_wordtable() needs none (see CountTable)
