@@ -97,41 +97,42 @@ __device__ long long slot_claim(u64* keys, int bits, u64 key, long long* wst) {
 // 2 * blockDim entries keyed by slot: at most blockDim keys, never full), then
 // sends one global atomic per distinct slot. Called by every thread of the
 // block, once per grid-stride round (slot < 0: nothing to add).
-__device__ void block_add(long long* scount, int* s_slot, int* s_val, int slot) {
+// take_min: each slot's smallest val, lowered into out[slot] with atomicMin
+// (the representative election); else the sum of the vals, added to out[slot].
+__device__ void block_merge(long long* out, int* s_slot, int* s_val, int slot, int val, bool take_min) {
     int cap = 2 * blockDim.x;
-    for (int j = threadIdx.x; j < cap; j += blockDim.x) { s_slot[j] = -1; s_val[j] = 0; }
+    int none = take_min ? 0x7FFFFFFF : 0;
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) { s_slot[j] = -1; s_val[j] = none; }
     __syncthreads();
     if (slot >= 0) {
         int h = (int)(((unsigned)slot * 2654435761u) & (unsigned)(cap - 1));
         while (true) {
             int old = atomicCAS(&s_slot[h], -1, slot);
-            if (old == -1 || old == slot) { atomicAdd(&s_val[h], 1); break; }
+            if (old == -1 || old == slot) {
+                if (take_min) atomicMin(&s_val[h], val);
+                else atomicAdd(&s_val[h], val);
+                break;
+            }
             h = (h + 1) & (cap - 1);
         }
     }
     __syncthreads();
-    for (int j = threadIdx.x; j < cap; j += blockDim.x)
-        if (s_slot[j] >= 0) atomicAdd((u64*)&scount[s_slot[j]], (u64)s_val[j]);
+    for (int j = threadIdx.x; j < cap; j += blockDim.x) {
+        if (s_slot[j] < 0) continue;
+        if (take_min) atomicMin(&out[s_slot[j]], (long long)s_val[j]);
+        else atomicAdd((u64*)&out[s_slot[j]], (u64)s_val[j]);
+    }
     __syncthreads();  // every flush read the table before the next round clears it
 }
 
-// As block_add, for the representative election: the smallest occurrence per slot.
+// One occurrence counted at slot (the counts)
+__device__ void block_add(long long* scount, int* s_slot, int* s_val, int slot) {
+    block_merge(scount, s_slot, s_val, slot, 1, false);
+}
+
+// Occurrence k stands for slot's representative: the smallest k wins
 __device__ void block_min(long long* reps, int* s_slot, int* s_val, int slot, int k) {
-    int cap = 2 * blockDim.x;
-    for (int j = threadIdx.x; j < cap; j += blockDim.x) { s_slot[j] = -1; s_val[j] = 0x7FFFFFFF; }
-    __syncthreads();
-    if (slot >= 0) {
-        int h = (int)(((unsigned)slot * 2654435761u) & (unsigned)(cap - 1));
-        while (true) {
-            int old = atomicCAS(&s_slot[h], -1, slot);
-            if (old == -1 || old == slot) { atomicMin(&s_val[h], k); break; }
-            h = (h + 1) & (cap - 1);
-        }
-    }
-    __syncthreads();
-    for (int j = threadIdx.x; j < cap; j += blockDim.x)
-        if (s_slot[j] >= 0) atomicMin(&reps[s_slot[j]], (long long)s_val[j]);
-    __syncthreads();
+    block_merge(reps, s_slot, s_val, slot, k, true);
 }
 
 // wc_insert
