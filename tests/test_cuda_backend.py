@@ -165,15 +165,21 @@ FORCED_STEPS = [
 ]
 
 
-@pytest.mark.parametrize("words", FORCED_STEPS, ids=["abcd", "aabb", "aaabbb", "abcdef", "abcdabcd", "aabbcc"])
-def test_multi_merge_steps_match_oracle(cuda_mod, words):
+def _sim_steps_match_oracle(cuda_mod, words, n):
+    """Run cuda-sim's loop on ``words``, check its merges against the oracle and
+    its token count against the CPU's; the device, the merges and the steps' trace."""
     table = WordTable.from_counts(words)
     trace = []
     dev = cuda_mod._Dev(True)
-    merges, _, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
-    assert as_bytes(table, merges) == reference_merges_from_counts(words, 20)
-    assert ntokens == cpu_run(table, 20)[1]
-    steps = [e for e in trace if e["event"] == "step"]
+    merges, _, ntokens = cuda_mod._Loop(dev, table, n, trace=trace).run(np.zeros(1, np.int64))
+    assert as_bytes(table, merges) == reference_merges_from_counts(words, n)
+    assert ntokens == cpu_run(table, n)[1]
+    return dev, merges, [e for e in trace if e["event"] == "step"]
+
+
+@pytest.mark.parametrize("words", FORCED_STEPS, ids=["abcd", "aabb", "aaabbb", "abcdef", "abcdabcd", "aabbcc"])
+def test_multi_merge_steps_match_oracle(cuda_mod, words):
+    dev, merges, steps = _sim_steps_match_oracle(cuda_mod, words, 20)
     assert steps[0]["nacc"] >= 2 and sum(e["nacc"] for e in steps) == len(merges)
 
 
@@ -262,13 +268,7 @@ def test_a_long_run_is_scanned_not_walked(cuda_mod, monkeypatch):
     the block's rounds (block x RUN_UNROLL slots each), not the run's length."""
     monkeypatch.setattr(cuda_mod, "RUN_WALK", 16)
     words = {b"a" * 20000: 1, b"ab": 3, b"b" * 301: 2}
-    table = WordTable.from_counts(words)
-    trace = []
-    dev = cuda_mod._Dev(True)
-    merges, _, ntokens = cuda_mod._Loop(dev, table, 20, trace=trace).run(np.zeros(1, np.int64))
-    assert as_bytes(table, merges) == reference_merges_from_counts(words, 20)
-    assert ntokens == cpu_run(table, 20)[1]
-    steps = [e for e in trace if e["event"] == "step"]
+    dev, merges, steps = _sim_steps_match_oracle(cuda_mod, words, 20)
     per_round = dev.block * K.RUN_UNROLL
     assert max(e["longmax"] for e in steps) == 20000  # the whole run was handled by the scan in the first step
     for e in steps:
