@@ -79,9 +79,12 @@ def workers(n) -> int:
     return n
 
 
-def chunk_size(n) -> int:
+def chunk_size(n) -> int | None:
+    """``n`` as an int, or None (the default: chosen where the backend is known)."""
     from . import config
 
+    if n is None:
+        return None
     if not is_int(n):
         raise TypeError(f"chunk_size must be an int (bytes), got {type(n).__name__} ({n!r})")
     if not 1 <= n <= config.MAX_CHUNK_SIZE:

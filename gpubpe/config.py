@@ -177,6 +177,26 @@ DEVICE_COUNT_MAX_LOAD = 0.5
 # byte compared with each token) up to this many tokens; more go through the
 # host's regex (its alternation does not slow down with the count).
 DEVICE_SPECIALS_MAX = 64
+# Bytes per chunk on the device path when chunk_size is not given: each chunk
+# costs a few read-backs and Python calls (tens of us) and its launches a
+# fixed start-up, so chunks are larger than the CPU's CHUNK_SIZE; 32 MiB is
+# 13 chunks on a 400 MB corpus, and one chunk (with its word table growth)
+# stays far below a device's memory (benchmarks/RESULTS.md, model.pretok).
+DEVICE_CHUNK_SIZE = 32 << 20
+# A plain file counted on the device is read straight into this many pinned
+# host buffers of a chunk each (gpubpe.corpus.ChunkReader): one being copied
+# to the device, one being counted, the others being filled ahead.
+DEVICE_READ_BUFFERS = 4
+# Threads reading one buffer's parts (os.preadv): one thread reads a file in
+# the page cache at about 6 GB/s here, a quarter of the host-to-device copy
+# (about 25 GB/s), so four keep the copy the bound. Parts are at least
+# READ_PART_MIN bytes (a smaller read costs more in its call than it moves).
+DEVICE_READ_THREADS = 4
+READ_PART_MIN = 1 << 20
+# The reader looks for a safe cut in the last READ_CUT_WINDOW bytes of a
+# buffer first (almost always found there: text has a space every few bytes),
+# then in the whole buffer; the bytes after the cut start the next buffer.
+READ_CUT_WINDOW = 64 << 10
 
 
 # Where derived data is cached between runs (the Unicode class table rebuilt

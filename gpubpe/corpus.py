@@ -525,13 +525,11 @@ def iter_chunks(
                 blocks, cut_at = read_blocks(path, block_size), specials
             digest = None
             if manifest is not None:
-                import hashlib
-
-                digest = hashlib.blake2b(digest_size=16)
+                digest = input_digest()
                 blocks = _hashed(blocks, digest)
             yield from cut_stream(blocks, cut_at, chunk_size, counted, pattern=pattern)
             if manifest is not None:
-                manifest.append({"path": str(path), "size": size[0], "blake2b": digest.hexdigest()})
+                manifest.append(manifest_entry(path, size[0], digest))
     else:
 
         texts, batches = peek_batches(texts)
@@ -557,6 +555,224 @@ def iter_chunks(
                 yield b"".join(pending)
 
         yield from cut_stream(encode(), specials, chunk_size, on_bytes, pattern=pattern)
+
+
+def input_digest():
+    """The hash of an input's bytes recorded in a manifest entry."""
+    import hashlib
+
+    return hashlib.blake2b(digest_size=16)
+
+
+def manifest_entry(path, size: int, digest) -> dict:
+    """``{"path", "size", "blake2b"}`` of one input (:func:`iter_chunks`' ``manifest``)."""
+    return {"path": str(path), "size": size, "blake2b": digest.hexdigest()}
+
+
+def is_plain_file(path) -> bool:
+    """Whether ``path`` is an uncompressed text file on disk (not ``-``, a pipe,
+    a record file): one that :class:`ChunkReader` can read at any offset."""
+    if str(path) == STDIN:
+        return False
+    kind, comp = _kind(Path(path))
+    return kind == "text" and not comp and Path(path).is_file()
+
+
+def _pread_full(fd: int, view: memoryview, offset: int) -> int:
+    """Read ``len(view)`` bytes of ``fd`` at ``offset`` into ``view`` (fewer only at
+    the end of the file); the number read."""
+    done = 0
+    while done < len(view):
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got == 0:
+            break
+        done += got
+    return done
+
+
+class ChunkReader:
+    """A plain file (:func:`is_plain_file`) as chunks cut safely for ``pattern``
+    (:func:`safe_cut`), read straight into reusable buffers: on a device they
+    are pinned host memory, and a chunk goes up to the device with no staging copy.
+
+    A reader thread fills each buffer (about ``chunk_size`` bytes) with
+    ``os.preadv``, in parts of at least ``config.READ_PART_MIN`` bytes read by
+    ``threads`` threads; looks for the last safe cut in the buffer's last
+    ``config.READ_CUT_WINDOW`` bytes, then in the whole buffer; hands out the
+    buffer up to the cut, and starts the next buffer with the bytes after it.
+    A buffer with no safe cut is read on into one twice its size, so a long
+    stretch without one is copied O(1) times per byte.
+
+    Iterating yields uint8 arrays (views of the buffers). Each one must be given
+    back with :meth:`release` (oldest first) once its bytes are no longer needed:
+    the buffer is then filled again. ``alloc(n)`` makes a buffer of ``n`` bytes
+    (default: ``np.empty``), ``free(buf)`` takes each one back at :meth:`close`.
+    ``on_bytes(n)`` is called as bytes are read, ``digest.update`` with the bytes
+    in order (the manifest's hash). A UTF-16/32 byte-order mark is refused, as
+    :func:`read_blocks` does. Use it as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, path, specials: tuple[bytes, ...], chunk_size: int, *, pattern: str = GPT2_PATTERN,
+                 alloc: Callable[[int], np.ndarray] | None = None, free: Callable[[np.ndarray], None] | None = None,
+                 buffers: int | None = None, threads: int | None = None,
+                 on_bytes: Callable[[int], None] | None = None, digest=None):
+        import queue
+        import threading
+
+        self.path = path
+        self.specials, self.pattern = specials, pattern
+        self.chunk_size = int(chunk_size)
+        self._alloc = alloc or (lambda n: np.empty(n, np.uint8))
+        self._free_fn = free
+        # the consumer holds two chunks (one counted, the next one copied ahead); a third is being filled
+        self._buffers = max(3, int(buffers or config.DEVICE_READ_BUFFERS))
+        self.threads = max(1, int(threads or config.DEVICE_READ_THREADS)) if hasattr(os, "preadv") else 1
+        self._on_bytes, self._digest = on_bytes, digest
+        self._free: queue.Queue = queue.Queue()
+        self._out: queue.Queue = queue.Queue()
+        self._held: list[np.ndarray] = []  # buffers handed out, oldest first
+        self._all: list[np.ndarray] = []  # every buffer made (given to `free` at close)
+        self._stop = threading.Event()
+        self._thread = None
+        self._pool = None
+        self._fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        import threading
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="gpubpe-reader", daemon=True)
+            self._thread.start()
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            buf, n = item
+            self._held.append(buf)
+            yield buf[:n]
+
+    def release(self) -> None:
+        """Give back the oldest chunk handed out: its buffer may be filled again."""
+        self._free.put(self._held.pop(0))
+
+    def close(self) -> None:
+        """Stop the reader (promptly: it checks between reads) and hand every buffer to ``free``."""
+        self._stop.set()
+        self._free.put(None)  # wakes a reader waiting for a buffer
+        if self._thread is not None:
+            self._thread.join()
+        if self._pool is not None:
+            self._pool.shutdown()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self._free_fn is not None:
+            for b in self._all:
+                self._free_fn(b)
+        self._all, self._held = [], []
+
+    # -- the reader thread ------------------------------------------------------
+    def _take(self, cap: int) -> np.ndarray | None:
+        """A free buffer of at least ``cap`` bytes (a new one while fewer than
+        ``buffers`` exist, or in place of one too small), None once stopped."""
+        while True:
+            if len(self._all) < self._buffers:
+                buf = self._alloc(cap)
+                self._all.append(buf)
+                return buf
+            buf = self._free.get()
+            if buf is None or self._stop.is_set():
+                return None
+            if buf.shape[0] >= cap:
+                return buf
+            self._all = [b for b in self._all if b is not buf]  # too small: replaced
+            if self._free_fn is not None:
+                self._free_fn(buf)
+
+    def _fill(self, buf: np.ndarray, at: int, want: int, offset: int) -> int:
+        """Read ``want`` bytes of the file at ``offset`` into ``buf[at:]``; the number read."""
+        view = memoryview(buf)[at : at + want]
+        if not hasattr(os, "preadv"):
+            os.lseek(self._fd, offset, os.SEEK_SET)
+            with open(self._fd, "rb", buffering=0, closefd=False) as f:
+                done = 0
+                while done < want and (got := f.readinto(view[done:])):
+                    done += got
+                return done
+        parts = min(self.threads, max(1, want // config.READ_PART_MIN))
+        if parts == 1:
+            return _pread_full(self._fd, view, offset)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpubpe-read")
+        step = -(-want // parts)
+        bounds = [(a, min(a + step, want)) for a in range(0, want, step)]
+        got = list(self._pool.map(lambda ab: _pread_full(self._fd, view[ab[0] : ab[1]], offset + ab[0]), bounds))
+        done = 0
+        for (a, b), g in zip(bounds, got):  # a short part (the file shrank): what follows it is not read
+            done += g
+            if g < b - a:
+                break
+        return done
+
+    def _cut(self, buf: np.ndarray, n: int) -> int:
+        """The last safe cut in ``buf[:n]``, or -1."""
+        tail = max((len(s) for s in self.specials), default=1)
+        start = max(0, n - config.READ_CUT_WINDOW - tail)
+        if start > 0:  # the window, with `tail` bytes before it so special tokens across its start are seen
+            p = safe_cut(bytes(buf[start:n]), self.specials, lo=tail, pattern=self.pattern)
+            if p > 0:
+                return start + p
+        return safe_cut(bytes(buf[:n]), self.specials, pattern=self.pattern)
+
+    def _run(self) -> None:
+        try:
+            size = os.fstat(self._fd).st_size
+            offset, carry, first = 0, b"", True
+            while not self._stop.is_set():
+                m = len(carry)
+                # a carry with no cut in it (at most what is left of a buffer) is read on in a buffer twice its size
+                cap = max(1, min(max(self.chunk_size, 2 * m), m + size - offset))
+                buf = self._take(cap)
+                if buf is None:
+                    return
+                buf[:m] = np.frombuffer(carry, np.uint8)
+                want = min(cap - m, size - offset)
+                got = self._fill(buf, m, want, offset) if want > 0 else 0
+                offset += got
+                n = m + got
+                if first and n:
+                    first = False
+                    _validate.no_utf16(bytes(buf[: min(n, 4)]), self.path)
+                if got and self._on_bytes is not None:
+                    self._on_bytes(got)
+                end = got < want or offset >= size
+                p = n if end else self._cut(buf, n)
+                if p <= 0:  # no safe cut yet: read on
+                    carry = bytes(buf[:n])
+                    self._free.put(buf)
+                    continue
+                carry = bytes(buf[p:n])
+                if self._digest is not None:
+                    self._digest.update(buf[:p])
+                if p:
+                    self._out.put((buf, p))
+                else:
+                    self._free.put(buf)
+                if end:
+                    break
+            self._out.put(None)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._out.put(e)
 
 
 def input_size(paths: Sequence[Path] | None) -> int | None:

@@ -122,7 +122,7 @@ def train_with_stats(
     special_tokens: Sequence[str] = (),
     backend: str = "auto",
     workers: int | None = None,
-    chunk_size: int = config.CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     pattern: str | None = None,
     max_token_length: int | None = None,
@@ -436,7 +436,7 @@ def train(
     special_tokens: Sequence[str] = (),
     backend: str = "auto",
     workers: int | None = None,
-    chunk_size: int = config.CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: bool | None = None,
     pattern: str | None = None,
     max_token_length: int | None = None,
@@ -463,7 +463,9 @@ def train(
     workers:        pre-tokenization workers (default: all cores): threads for the
                     GPT-2 pattern (the Numba code releases the GIL), processes for
                     other patterns.
-    chunk_size:     bytes per pre-tokenization chunk; the result does not depend on it.
+    chunk_size:     bytes per pre-tokenization chunk (default: config.CHUNK_SIZE,
+                    4 MiB, on the CPU; config.DEVICE_CHUNK_SIZE, 32 MiB, where
+                    the device counts); the result does not depend on it.
     progress:       progress bars on stderr (default: when stderr is a terminal).
     pattern:        pre-tokenization: 'gpt2' (the default, or the parent's with
                     ``init``; the fast byte-level path),

@@ -157,7 +157,13 @@ def _as_dict(counted) -> dict[bytes, int]:
     return counted.to_counts() if getattr(counted, "on_device", False) else counted.to_dict()
 
 
-def count_inputs(paths, texts, specials: tuple[bytes, ...], *, workers: int, pattern: str, chunk_size: int,
+def default_chunk_size(backend: str, pattern: str) -> int:
+    """Bytes per chunk when the caller gives none: config.DEVICE_CHUNK_SIZE where
+    the device counts (``backend`` a device, the GPT-2 pattern), else config.CHUNK_SIZE."""
+    return config.DEVICE_CHUNK_SIZE if backend != "cpu" and is_gpt2(pattern) else config.CHUNK_SIZE
+
+
+def count_inputs(paths, texts, specials: tuple[bytes, ...], *, workers: int, pattern: str, chunk_size: int | None,
                  on_bytes=None, text_field: str = "text", text_column: str = "text", manifest: list | None = None,
                  backend: str = "cpu"):
     """Count the inputs that :func:`gpubpe._validate.inputs` split into files or
@@ -165,10 +171,20 @@ def count_inputs(paths, texts, specials: tuple[bytes, ...], *, workers: int, pat
     for :func:`count_pretokens`, training and :func:`gpubpe.count`. Record files
     and text batches are cut between documents too (:func:`~gpubpe.corpus.count_specials`);
     ``on_bytes`` and ``manifest`` as in :func:`~gpubpe.corpus.iter_chunks`;
-    ``backend`` as in :func:`count`."""
+    ``backend`` as in :func:`count`; ``chunk_size`` None: :func:`default_chunk_size`.
+    On a device backend (GPT-2 pattern) plain files are read straight into the
+    device counter's pinned buffers (:func:`gpubpe.pretok.device.count_device_inputs`)."""
     batches = False
     if texts is not None:
         texts, batches = peek_batches(texts)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(backend, pattern)
+    if backend != "cpu" and is_gpt2(pattern):
+        from .device import count_device_inputs
+
+        return count_device_inputs(paths, texts, specials, backend=backend, chunk_size=chunk_size,
+                                   on_bytes=on_bytes, manifest=manifest, pattern=pattern, text_field=text_field,
+                                   text_column=text_column, batches=batches)
     chunks = iter_chunks(paths, texts, specials, chunk_size, on_bytes, pattern=pattern, text_field=text_field,
                          text_column=text_column, manifest=manifest)
     return count(chunks, count_specials(specials, paths, batches), workers=workers, pattern=pattern, backend=backend)
@@ -179,7 +195,7 @@ def count_pretokens(
     *,
     special_tokens: Sequence[str] = (),
     workers: int | None = None,
-    chunk_size: int = config.CHUNK_SIZE,
+    chunk_size: int | None = None,
     pattern: str = "gpt2",
     text_field: str = "text",
     text_column: str = "text",
@@ -192,7 +208,8 @@ def count_pretokens(
     ``text_column``), a list of paths, or an iterable of str (one stream) or
     of ``list[str]`` (each string a document). Special tokens cut the input and are not counted. ``workers``:
     threads (GPT-2 pattern) or processes (other patterns); None is all cores.
-    ``chunk_size``: bytes read and counted at a time; memory is a few chunks
+    ``chunk_size``: bytes read and counted at a time (default: 4 MiB on the
+    CPU, 32 MiB on a device, config.CHUNK_SIZE and DEVICE_CHUNK_SIZE); memory is a few chunks
     plus the unique pre-tokens, and the result does not depend on it (where
     chunks may be cut: :func:`gpubpe.corpus.safe_cut`). ``pattern``: ``'gpt2'`` (default, the fast path),
     ``'cl100k'``, ``'o200k'``, or any regex (through the ``regex`` package).
@@ -211,6 +228,8 @@ def count_pretokens(
     name = _backend(backend, pattern)
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(name, pattern)
         blocks = (data[i : i + chunk_size] for i in range(0, len(data), chunk_size))
         chunks = cut_stream(blocks, specials, chunk_size, pattern=pattern)
     else:

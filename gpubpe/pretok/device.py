@@ -23,9 +23,13 @@ out as a :class:`DeviceWordTable` (wc_extract), which the device merge loop
 takes as it is (:mod:`gpubpe.backends.cuda`) and :meth:`DeviceWordTable.to_host`
 copies to a :class:`~gpubpe.wordtable.WordTable` when the host needs it.
 
-On a device, chunks go up through two pinned host buffers on a copy stream:
-chunk k + 1 is copied while chunk k is counted on the compute stream. In
-cuda-sim the same code runs with synchronous copies.
+On a device, chunks go up from pinned host memory on a copy stream: chunk
+k + 1 is copied while chunk k is counted on the compute stream. A plain file
+is read straight into pinned buffers by :class:`gpubpe.corpus.ChunkReader`'s
+threads (:func:`count_device_inputs`), so its bytes are copied once, by the
+device; other inputs (compressed files, records, text, standard input) pass
+through two pinned staging buffers. In cuda-sim the same code runs with
+synchronous copies.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ from .. import config
 from ..backends import BackendUnavailable, cuda_available
 from ..backends.cuda import _Dev
 from ..backends.cuda import kernels as K
-from ..corpus import special_regex
+from ..corpus import ChunkReader, count_specials, is_plain_file, iter_chunks, manifest_entry, input_digest, \
+    special_regex
 from ..wordtable import WordTable
 from . import unicode
 
@@ -138,6 +143,7 @@ class DeviceCounter:
         self.resolve_s = 0.0  # seconds the host spent resolving special-token candidates (the cost model)
         self.trace: list | None = None  # a list: per chunk and round, the sizes worked on (the cost model)
         self._stream = None
+        self._spare: list[np.ndarray] = []  # host buffers given back (host_buffer reuses them)
         if not dev.sim:
             cp = dev.cp
             self._stream = cp.cuda.Stream(non_blocking=True)
@@ -187,26 +193,51 @@ class DeviceCounter:
                 acap *= 2
             self.arena = self._grow(self.arena, acap)
 
+    # -- host buffers -----------------------------------------------------------
+    def host_buffer(self, n: int) -> np.ndarray:
+        """A uint8 host buffer of at least ``n`` bytes that chunks may be read
+        into (:class:`~gpubpe.corpus.ChunkReader`'s ``alloc``): pinned memory on
+        a device, so that :meth:`add_chunks` (``pinned=True``) copies it up with
+        no staging copy; one given back (:meth:`give_buffer`) if large enough."""
+        for i, b in enumerate(self._spare):
+            if b.shape[0] >= n:
+                return self._spare.pop(i)
+        if self.dev.sim:
+            return np.empty(max(n, 1), np.uint8)
+        mem = self.dev.cp.cuda.alloc_pinned_memory(max(n, 1))
+        return np.frombuffer(mem, np.uint8, max(n, 1))
+
+    def give_buffer(self, buf: np.ndarray) -> None:
+        """Take back a buffer of :meth:`host_buffer` (another file reuses it)."""
+        self._spare.append(buf)
+
     # -- one chunk --------------------------------------------------------------
-    def _upload(self, chunk: bytes):
-        """``chunk`` as a device uint8 array. On a device: through a pinned
-        buffer, copied on the copy stream; the compute stream waits for it."""
+    def _upload(self, chunk, pinned: bool = False):
+        """``chunk`` (bytes, or a uint8 array) as a device uint8 array. On a
+        device: copied on the copy stream, from the chunk itself if it is in
+        pinned memory (``pinned``: the caller keeps it unchanged until the
+        chunk is counted), else through a pinned staging buffer; the compute
+        stream waits for the copy."""
         d = self.dev
+        host = np.frombuffer(chunk, np.uint8) if isinstance(chunk, (bytes, bytearray, memoryview)) else chunk
         if d.sim:
-            return d.to_device(np.frombuffer(chunk, np.uint8))
+            return d.to_device(host)
         cp = d.cp
         n = len(chunk)
         self._slot ^= 1
         s = self._slot
         if self._events[s] is not None:
-            self._events[s].synchronize()  # the copy that last read this pinned buffer is done
-        if self._pinned[s] is None or self._pinned[s].shape[0] < n:
-            mem = cp.cuda.alloc_pinned_memory(max(n, 1))
-            self._pinned[s] = np.frombuffer(mem, np.uint8, max(n, 1))
+            self._events[s].synchronize()  # the copy that last read this slot's buffers is done
+        if self._dbuf[s] is None or self._dbuf[s].shape[0] < n:
             self._dbuf[s] = cp.empty(max(n, 1), np.uint8)
-        self._pinned[s][:n] = np.frombuffer(chunk, np.uint8)
+        if not pinned:
+            if self._pinned[s] is None or self._pinned[s].shape[0] < n:
+                mem = cp.cuda.alloc_pinned_memory(max(n, 1))
+                self._pinned[s] = np.frombuffer(mem, np.uint8, max(n, 1))
+            self._pinned[s][:n] = host
+            host = self._pinned[s][:n]
         buf = self._dbuf[s][:n]
-        buf.set(self._pinned[s][:n], stream=self._stream)
+        buf.set(host, stream=self._stream)
         self._events[s] = self._stream.record()
         d.stream.wait_event(self._events[s])
         return buf
@@ -218,7 +249,7 @@ class DeviceCounter:
         config.DEVICE_SPECIALS_MAX tokens, the host's regex."""
         self._specials_on_device = bool(specials) and len(specials) <= config.DEVICE_SPECIALS_MAX
         if not self._specials_on_device:
-            return special_spans(chunk, specials)
+            return special_spans(bytes(chunk), specials)
         d, xp = self.dev, self.dev.xp
         if getattr(self, "_specials", None) != specials:
             ordered = sorted(specials, key=len, reverse=True)  # as gpubpe.corpus.special_regex
@@ -230,17 +261,21 @@ class DeviceCounter:
         self.k.pretok_specials(block=d.block, data=data, n=n, sp_bytes=self._sp_dev[0], sp_off=self._sp_dev[1],
                                mark=mark)
         where = xp.flatnonzero(mark)
-        at = d.to_host(where).tolist()
-        which = d.to_host(mark[where]).tolist() if at else []
+        at = d.to_host(where)
+        which = d.to_host(mark[where]) if at.size else np.zeros(0, np.uint8)
         t0 = time.perf_counter()
-        starts, ends, free = [], [], 0
-        for p, t in zip(at, which):
+        ends = at + self._sp_len[which.astype(np.int64) - 1] if at.size else at
+        if at.size < 2 or bool((at[1:] >= ends[:-1]).all()):
+            self.resolve_s += time.perf_counter() - t0
+            return at.astype(np.int64), ends.astype(np.int64)  # no two candidates overlap: every one is kept
+        starts, kept, free = [], [], 0
+        for p, e in zip(at.tolist(), ends.tolist()):  # leftmost first, longest first at each position
             if p >= free:
-                free = p + int(self._sp_len[t - 1])
+                free = e
                 starts.append(p)
-                ends.append(free)
+                kept.append(e)
         self.resolve_s += time.perf_counter() - t0
-        return np.asarray(starts, np.int64), np.asarray(ends, np.int64)
+        return np.asarray(starts, np.int64), np.asarray(kept, np.int64)
 
     def spans(self, data, n: int, specials: tuple[bytes, ...], chunk: bytes):
         """(pos int32 device array, edges): the pre-tokens of the chunk whose
@@ -260,8 +295,9 @@ class DeviceCounter:
         k.pretok_spans(block=d.block, data=data, info=info, n=n, toff=toff, pos=pos)
         return pos, nedges
 
-    def add_chunk(self, chunk: bytes, specials: tuple[bytes, ...], data=None) -> None:
-        """Count the pre-tokens of ``chunk`` (``data``: its bytes already on the device)."""
+    def add_chunk(self, chunk, specials: tuple[bytes, ...], data=None) -> None:
+        """Count the pre-tokens of ``chunk`` (bytes, or a uint8 array; ``data``:
+        its bytes already on the device)."""
         n = len(chunk)
         if n == 0:
             return
@@ -309,7 +345,7 @@ class DeviceCounter:
         p = d.to_host(pos)
         for e in d.to_host(todo)[:ntodo].tolist():
             b = int(p[e + 1])
-            w = chunk[int(p[e]) : (b if b >= 0 else ~b)]
+            w = bytes(chunk[int(p[e]) : (b if b >= 0 else ~b)])
             self.host[w] = self.host.get(w, 0) + 1
 
     def _traced(self, n, nedges, rnd, live, first, left, before) -> dict:
@@ -329,18 +365,25 @@ class DeviceCounter:
                 "hot_new": int(delta[slots].max()) if slots.size else 0, "specials": self._specials_on_device,
                 "new_bytes": int(lens.sum()), "slots": int(sc.shape[0])}
 
-    def add_chunks(self, chunks: Iterable[bytes], specials: tuple[bytes, ...]) -> None:
-        """Count every chunk; on a device the next chunk's copy overlaps this one's counting."""
+    def add_chunks(self, chunks: Iterable, specials: tuple[bytes, ...], *, release=None,
+                   pinned: bool = False) -> None:
+        """Count every chunk; on a device the next chunk's copy overlaps this
+        one's counting. ``release()``, if given, is called once a chunk is
+        counted (its host bytes are no longer read: a reader may refill them);
+        ``pinned``: the chunks are arrays in pinned memory (:meth:`host_buffer`)."""
         with self.dev.on_stream():
-            it: Iterator[bytes] = iter(chunks)
+            it: Iterator = iter(chunks)
             ahead = not self.dev.sim  # in cuda-sim add_chunk copies each chunk itself
             nxt = next(it, None)
-            up = self._upload(nxt) if ahead and nxt else None
+            up = self._upload(nxt, pinned) if ahead and nxt is not None and len(nxt) else None
             while nxt is not None:
                 cur, cur_up = nxt, up
                 nxt = next(it, None)
-                up = self._upload(nxt) if ahead and nxt else None  # copied while cur is counted
+                # copied while cur is counted
+                up = self._upload(nxt, pinned) if ahead and nxt is not None and len(nxt) else None
                 self.add_chunk(cur, specials, data=cur_up)
+                if release is not None:
+                    release()  # add_chunk read back from the compute stream: cur's copy is done
 
     # -- the result ---------------------------------------------------------------
     def table(self) -> DeviceWordTable:
@@ -377,6 +420,41 @@ def count_device(chunks: Iterable[bytes], specials: tuple[bytes, ...], *, backen
     """Count the chunks' GPT-2 pre-tokens on ``backend`` ('cuda' or 'cuda-sim')."""
     counter = DeviceCounter(device(backend), hmask=hmask, rounds=rounds)
     counter.add_chunks(chunks, specials)
+    return counter.table()
+
+
+def count_device_inputs(paths, texts, specials: tuple[bytes, ...], *, backend: str, chunk_size: int,
+                        on_bytes=None, manifest: list | None = None, pattern: str, text_field: str = "text",
+                        text_column: str = "text", batches: bool = False) -> DeviceWordTable:
+    """Count the inputs (as :func:`gpubpe.pretok.count_inputs`) on ``backend``.
+    A plain file is read by a :class:`~gpubpe.corpus.ChunkReader` straight into
+    the counter's (pinned) host buffers; other inputs come from
+    :func:`~gpubpe.corpus.iter_chunks`. ``manifest`` gets the same entries as
+    :func:`~gpubpe.corpus.iter_chunks` gives."""
+    counter = DeviceCounter(device(backend))
+    counted_at = count_specials(specials, paths, batches)
+    if paths is None:
+        counter.add_chunks(iter_chunks(None, texts, specials, chunk_size, on_bytes, pattern=pattern), counted_at)
+        return counter.table()
+    for path in paths:
+        if not is_plain_file(path):
+            counter.add_chunks(iter_chunks([path], None, specials, chunk_size, on_bytes, pattern=pattern,
+                                           text_field=text_field, text_column=text_column, manifest=manifest),
+                               counted_at)
+            continue
+        size = [0]
+
+        def counted(n, size=size):
+            size[0] += n
+            if on_bytes is not None:
+                on_bytes(n)
+
+        digest = input_digest() if manifest is not None else None
+        with ChunkReader(path, specials, chunk_size, pattern=pattern, alloc=counter.host_buffer,
+                         free=counter.give_buffer, on_bytes=counted, digest=digest) as reader:
+            counter.add_chunks(reader, counted_at, release=reader.release, pinned=not counter.dev.sim)
+        if manifest is not None:
+            manifest.append(manifest_entry(path, size[0], digest))
     return counter.table()
 
 
