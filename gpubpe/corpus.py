@@ -757,7 +757,7 @@ class ChunkReader:
                     self._on_bytes(got)
                 end = got < want or offset >= size
                 p = n if end else self._cut(buf, n)
-                if p <= 0:  # no safe cut yet: read on
+                if p <= 0 and not end:  # no safe cut yet: read on
                     carry = bytes(buf[:n])
                     self._free.put(buf)
                     continue

@@ -217,6 +217,51 @@ def test_count_pretokens_paths_and_other_patterns(tmp_path, dev):
             == gpubpe.count_pretokens(data, special_tokens=[EOT], pattern="cl100k"))
 
 
+@pytest.mark.parametrize("chunk_size", [None, 300, 4096])
+def test_files_read_into_the_counters_buffers(tmp_path, monkeypatch, dev, chunk_size):
+    """Plain files go through ChunkReader into the counter's host buffers (its
+    threads and parts made small here so they really run), other files through
+    iter_chunks, in one call: the counts and the training manifest are the CPU's."""
+    import gzip
+    import json
+
+    monkeypatch.setattr(config, "READ_PART_MIN", 64)
+    monkeypatch.setattr(config, "READ_CUT_WINDOW", 128)
+    text = (FIXTURES / "tinystories_sample.txt").read_bytes()
+    plain = tmp_path / "a.txt"
+    plain.write_bytes(text + " naïve".encode() + b"\xff\xe2\x82 " + b"x" * 5000 + f" {EOT}{EOT} 12".encode())
+    (tmp_path / "b.txt.gz").write_bytes(gzip.compress(text[:3000]))
+    (tmp_path / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in ["it's", " we'll 42", EOT]))
+    (tmp_path / "d.txt").write_bytes(text[::-1][:7000])
+    paths = [plain, tmp_path / "b.txt.gz", tmp_path / "c.jsonl", tmp_path / "d.txt"]
+    made = []
+    orig = D.DeviceCounter.host_buffer
+
+    def host_buffer(self, n):
+        made.append(orig(self, n))
+        return made[-1]
+
+    monkeypatch.setattr(D.DeviceCounter, "host_buffer", host_buffer)
+    cpu = gpubpe.count_pretokens(paths, special_tokens=[EOT], chunk_size=chunk_size)
+    assert gpubpe.count_pretokens(paths, special_tokens=[EOT], chunk_size=chunk_size, backend=dev) == cpu
+    assert made  # the plain files were read into the counter's buffers
+    assert len({id(b) for b in made}) < len(made)  # the second plain file reused the first one's buffers
+    models = [gpubpe.train(paths, vocab_size=300, special_tokens=[EOT], backend=b, chunk_size=chunk_size,
+                           progress=False) for b in ("cpu", dev)]
+    assert models[0].merges == models[1].merges
+    assert models[0].record["inputs"] == models[1].record["inputs"]
+
+
+def test_overlapping_special_tokens(dev):
+    """Candidates that overlap (a token whose end starts another occurrence) are
+    resolved leftmost first, as the regex alternation does."""
+    data = b"xxxxx abababa xx|x ab aba xxx"
+    for specials in (["xx"], ["aba"], ["aba", "xx", "ab"], ["xxx", "xx"]):
+        expected = Counter(reference_pretokens(data, specials))
+        assert device_counts([data], specials, backend=dev) == expected
+        assert device_pretokens(data, specials, backend=dev) == reference_pretokens(data, specials)
+
+
 def test_backend_errors():
     with pytest.raises(ValueError, match="unknown backend 'gpu'.*'cuda-sim'"):
         gpubpe.count_pretokens(b"x", backend="gpu")
@@ -240,13 +285,13 @@ def test_training_counts_on_the_device_and_merges_the_same(monkeypatch, dev):
     text = (FIXTURES / "tinystories_sample.txt").read_text() + " naïve café it's 42 "
     cpu = gpubpe.train(iter([text]), vocab_size=320, special_tokens=[EOT], backend="cpu", progress=False)
     tables = []
-    orig = D.count_device
+    orig = D.count_device_inputs
 
     def spy(*a, **k):
         tables.append(orig(*a, **k))
         return tables[-1]
 
-    monkeypatch.setattr(D, "count_device", spy)
+    monkeypatch.setattr(D, "count_device_inputs", spy)
     got = gpubpe.train(iter([text]), vocab_size=320, special_tokens=[EOT], backend=dev, progress=False)
     assert len(tables) == 1 and tables[0].on_device  # counted on the device, handed on as it is
     assert got.merges == cpu.merges

@@ -589,3 +589,107 @@ def test_train_with_pattern_stores_it_and_uses_it():
     assert model.pattern == PAT.CL100K_PATTERN
     assert model.merges == reference_merges_from_counts(_oracle(data, PAT.CL100K_PATTERN, [EOT]), 300 - 257)
     assert gpubpe.train(iter([text]), vocab_size=260, backend="cpu").pattern == GPT2
+
+
+# ---------------------------------------------------------------------------
+# ChunkReader: a plain file read straight into reusable buffers
+# ---------------------------------------------------------------------------
+
+
+def _read_all(path, specials=(), chunk_size=64, **kw):
+    """(chunks as bytes, on_bytes total, digest) of a ChunkReader over ``path``."""
+    import hashlib
+
+    got, seen = [], [0]
+    digest = hashlib.blake2b(digest_size=16)
+    with C.ChunkReader(path, C.special_bytes(specials), chunk_size, on_bytes=lambda n: seen.__setitem__(0, seen[0] + n),
+                       digest=digest, **kw) as reader:
+        for c in reader:
+            got.append(bytes(c))
+            reader.release()
+    return got, seen[0], digest.hexdigest()
+
+
+@settings(max_examples=max_examples(150), deadline=None)
+@given(st.lists(st.one_of(fuzz_bytes, st.sampled_from([b"x" * 300, b" " * 200, EOT.encode() * 3])), max_size=12)
+       .map(b"".join), st.integers(1, 200), st.integers(1, 4), st.sampled_from([(), (EOT,), ("a b", "xx")]))
+def test_chunk_reader_cuts_safely(tmp_path_factory, data, chunk_size, threads, specials):
+    """The chunks join to the file, each ends at a safe cut (counted apart they
+    give the file's counts), and the digest and byte count are the file's,
+    whatever the chunk size, the threads and the parts."""
+    import hashlib
+
+    path = tmp_path_factory.mktemp("reader") / "f.txt"
+    path.write_bytes(data)
+    old = config.READ_PART_MIN, config.READ_CUT_WINDOW
+    config.READ_PART_MIN, config.READ_CUT_WINDOW = 8, 16  # parts and the window search really run
+    try:
+        got, seen, digest = _read_all(path, specials, chunk_size, threads=threads, buffers=3)
+    finally:
+        config.READ_PART_MIN, config.READ_CUT_WINDOW = old
+    assert b"".join(got) == data and all(got)
+    assert seen == len(data) and digest == hashlib.blake2b(data, digest_size=16).hexdigest()
+    total = Counter()
+    for c in got:
+        total.update(reference_pretokens(c, specials))
+    assert total == Counter(reference_pretokens(data, specials))
+
+
+def test_chunk_reader_on_real_text(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "READ_PART_MIN", 1024)
+    data = b"".join((FIXTURES / n).read_bytes() for n in ("corpus.en", "german.txt", "tinystories_sample.txt"))
+    path = tmp_path / "real.txt"
+    path.write_bytes(data)
+    for chunk_size, threads in ((4096, 4), (50_000, 2), (1 << 20, 1)):
+        got, seen, _ = _read_all(path, [EOT], chunk_size, threads=threads)
+        assert b"".join(got) == data and seen == len(data)
+        assert max(map(len, got)) <= chunk_size  # text always has a cut near the end of a buffer
+        assert len(got) == -(-len(data) // chunk_size) or len(got) > len(data) // chunk_size
+        assert gpubpe.count_pretokens(path, special_tokens=[EOT], chunk_size=chunk_size) == \
+            Counter(t for c in got for t in reference_pretokens(c, [EOT]))
+
+
+def test_chunk_reader_stretch_without_a_cut_is_linear(tmp_path):
+    """Megabytes with no safe cut: one chunk, the buffers double, so the bytes
+    allocated (and copied) stay a small multiple of the file."""
+    data = b"a" * (3 << 20) + b" end"
+    path = tmp_path / "a.txt"
+    path.write_bytes(data)
+    sizes = []
+
+    def alloc(n):
+        sizes.append(n)
+        return np.empty(n, np.uint8)
+
+    got, _, _ = _read_all(path, (), 4096, alloc=alloc)
+    assert b"".join(got) == data and len(got) <= 2
+    assert sum(sizes) < 6 * len(data) and len(sizes) < 40
+
+
+def test_chunk_reader_without_preadv(tmp_path, monkeypatch):
+    data = (FIXTURES / "corpus.en").read_bytes()[:20_000]
+    path = tmp_path / "c.txt"
+    path.write_bytes(data)
+    monkeypatch.delattr(C.os, "preadv")
+    got, seen, _ = _read_all(path, [EOT], 1000, threads=4)
+    assert b"".join(got) == data and seen == len(data) and len(got) > 10
+
+
+def test_chunk_reader_errors_and_early_close(tmp_path):
+    bom = tmp_path / "u16.txt"
+    bom.write_bytes("hello".encode("utf-16"))
+    with pytest.raises(ValueError, match="UTF-16.*convert it first"):
+        _read_all(bom)
+    path = tmp_path / "big.txt"
+    path.write_bytes(b"word " * 100_000)
+    freed = []
+    with C.ChunkReader(path, (), 1000, free=freed.append) as reader:
+        first = next(iter(reader))
+        assert bytes(first).startswith(b"word ")
+    assert not reader._thread.is_alive() and freed  # stopped, and every buffer handed back
+    with pytest.raises(FileNotFoundError):
+        C.ChunkReader(tmp_path / "missing.txt", (), 1000)
+    (tmp_path / "x.jsonl").write_text("{}")
+    (tmp_path / "x.txt.gz").write_bytes(b"")
+    assert C.is_plain_file(path) and not C.is_plain_file("-") and not C.is_plain_file(tmp_path)
+    assert not C.is_plain_file(tmp_path / "x.jsonl") and not C.is_plain_file(tmp_path / "x.txt.gz")
