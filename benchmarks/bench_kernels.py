@@ -33,9 +33,10 @@ writes it to RESULTS.md as ``model.pretok``. Its last line:
 ``projected device pre-tokenization + counting S s (G GB/s), CPU count_table ...``.
 
 ``--pretok`` on a device: count_pretokens(backend='cuda')'s path on the first
-``--pretok-mb`` MB of the corpus against the CPU's counts (exact), the
-end-to-end GB/s, and each kernel's time (events around every launch) and
-GB/s (bytes from the model's per-launch figures).
+``--pretok-mb`` MB of the corpus (written to a file: read by ChunkReader into
+pinned buffers, as training reads it) against the CPU's counts (exact), the
+end-to-end GB/s, the reader alone, and each kernel's time (events around
+every launch) and GB/s (bytes from the model's per-launch figures).
 
 ``--sim`` runs the same steps on the simulator (cuda-sim) to check the script
 without a GPU; its timings mean nothing.
@@ -299,80 +300,116 @@ def run_model(args, corpus: Path) -> int:
     return 0 if same else 1
 
 
+def _read_chunks(path: Path, specials, chunk_size: int):
+    """The chunks ChunkReader cuts ``path`` into, as bytes."""
+    from gpubpe.corpus import ChunkReader
+
+    with ChunkReader(path, specials, chunk_size) as reader:
+        for c in reader:
+            yield bytes(c)
+            reader.release()
+
+
+def time_reader(corpus: Path, specials, chunk_size: int, threads: int) -> tuple[float, int]:
+    """(seconds, chunks) for ChunkReader to read ``corpus`` into reused buffers
+    (each chunk given back at once: the reader's own rate, nothing downstream)."""
+    from gpubpe.corpus import ChunkReader
+
+    t = time.perf_counter()
+    n = 0
+    with ChunkReader(corpus, specials, chunk_size, threads=threads) as reader:
+        for _ in reader:
+            n += 1
+            reader.release()
+    return time.perf_counter() - t, n
+
+
 def run_pretok_model(args, corpus: Path) -> int:
     """The cost model of device pre-tokenization and counting: the real driver
-    (gpubpe.pretok.device) in cuda-sim over the corpus, its schedule charged
-    with fixed parameters; beside it the CPU engine (count_table) and the
-    host's own per-chunk work, measured here."""
+    (gpubpe.pretok.device) in cuda-sim over the corpus, read by ChunkReader
+    in chunks of config.DEVICE_CHUNK_SIZE as count_pretokens(backend='cuda')
+    reads it, its schedule charged with fixed parameters; beside it the CPU
+    engine (count_table), the reader and the host's own per-chunk work,
+    measured here."""
     import cost_model as M
 
     from gpubpe import config
-    from gpubpe.corpus import iter_chunks, special_bytes
+    from gpubpe.corpus import ChunkReader, iter_chunks, special_bytes
     from gpubpe.patterns import GPT2_PATTERN
     from gpubpe.pretok import count_table
     from gpubpe.pretok import device as D
 
-    specials = special_bytes(["<|endoftext|>"])
+    specials = special_bytes([_common.SPECIAL])
+    total = corpus.stat().st_size
+    # the CPU engine, warm (its compiled code loaded by a first call on one chunk), as training reads the file
+    chunks = iter_chunks([corpus], None, specials, config.CHUNK_SIZE)
+    count_table(iter([next(chunks)]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
     t = time.perf_counter()
-    chunks = list(iter_chunks([corpus], None, specials, config.CHUNK_SIZE))
-    total = sum(map(len, chunks))
-    t_read = time.perf_counter() - t
-    print(f"{len(chunks)} chunks, {total:,} bytes ({t_read:.1f} s to read and cut)", flush=True)
-    # the CPU engine, warm (its compiled code loaded by a first call on one chunk)
-    count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
-    t = time.perf_counter()
-    cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
+    cpu = count_table(iter_chunks([corpus], None, specials, config.CHUNK_SIZE), specials,
+                      workers=_common.usable_cores(), pattern=GPT2_PATTERN)
     t_cpu = time.perf_counter() - t
     print(f"CPU count_table: {t_cpu:.2f} s, {total / t_cpu / 1e6:.0f} MB/s, {cpu.num_words:,} words", flush=True)
-    # the host's part of the device path: the copy into a pinned buffer, and
-    # the special tokens' candidates (found on the device) resolved
-    buf = np.empty(max(map(len, chunks)), np.uint8)
-    buf[:] = 0  # touched once, as a pinned buffer that is reused
-    t = time.perf_counter()
-    for c in chunks:
-        buf[: len(c)] = np.frombuffer(c, np.uint8)
-    t_host = time.perf_counter() - t
-    # the schedule: the real driver in cuda-sim, traced
+    # the reader alone: one thread, and config.DEVICE_READ_THREADS (bounded here by this machine's cores)
+    time_reader(corpus, specials, config.DEVICE_CHUNK_SIZE, 1)  # the file into the page cache
+    reads = {}
+    for threads in sorted({1, config.DEVICE_READ_THREADS}):
+        reads[threads] = min(time_reader(corpus, specials, config.DEVICE_CHUNK_SIZE, threads)[0] for _ in range(3))
+        print(f"ChunkReader, {threads} thread(s): {total / reads[threads] / 1e9:.2f} GB/s", flush=True)
+    # the schedule: the real driver in cuda-sim, traced, fed as count_device_inputs feeds it
     t = time.perf_counter()
     counter = D.DeviceCounter(D.device("cuda-sim"))
     counter.trace = []
-    counter.add_chunks(chunks, specials)
+    sizes = []
+    with ChunkReader(corpus, specials, config.DEVICE_CHUNK_SIZE, alloc=counter.host_buffer,
+                     free=counter.give_buffer) as reader:
+        def fed():
+            for c in reader:
+                sizes.append(len(c))
+                yield c
+
+        counter.add_chunks(fed(), specials, release=reader.release)
     table = counter.table()
     t_sim = time.perf_counter() - t
-    t_host += counter.resolve_s
     same = table.to_counts() == cpu.to_counts()
     print(f"cuda-sim run of the device schedule: {t_sim:.0f} s on the host (not a timing); "
           f"counts identical to the CPU's: {same}", flush=True)
     trace = counter.trace
     edges = sum(e["edges"] for e in trace if e["round"] == 0)
     word_bytes = int(table.offsets[-1])
-    out = [f"Corpus {corpus.name} ({total:,} bytes) in {len(chunks)} chunks of config.CHUNK_SIZE = "
-           f"{config.CHUNK_SIZE:,}: {edges:,} edges (pre-token starts and piece ends), {table.num_words:,} unique "
-           f"words; {sum(1 for e in trace if e['round'] > 0)} later rounds, {counter.host_fallbacks} occurrences "
-           f"counted on the host; the device counts equal the CPU's: **{same}**.", ""]
-    res = {"corpus": str(corpus), "bytes": total, "identical": same, "cpu_s": t_cpu, "host_s": t_host}
+    r1 = total / reads[1]
+    read_bps = config.DEVICE_READ_THREADS * r1  # [A] the reader's parts scale with threads on a GPU host's cores
+    out = [f"Corpus {corpus.name} ({total:,} bytes) read by ChunkReader in {len(sizes)} chunks of at most "
+           f"config.DEVICE_CHUNK_SIZE = {config.DEVICE_CHUNK_SIZE:,} (the largest {max(sizes):,}): {edges:,} edges "
+           f"(pre-token starts and piece ends), {table.num_words:,} unique words; "
+           f"{sum(1 for e in trace if e['round'] > 0)} later rounds, {counter.host_fallbacks} occurrences counted "
+           f"on the host; the device counts equal the CPU's: **{same}**.", "",
+           "Measured here: " + ", ".join(f"ChunkReader on {k} thread(s) {total / v / 1e9:.2f} GB/s"
+                                         for k, v in reads.items())
+           + f" (this machine has {_common.usable_cores()} cores); the special tokens' candidates resolved in "
+           f"{counter.resolve_s * 1e3:.1f} ms. The model's host reads at config.DEVICE_READ_THREADS = "
+           f"{config.DEVICE_READ_THREADS} times the one-thread rate, {read_bps / 1e9:.1f} GB/s [A].", ""]
+    res = {"corpus": str(corpus), "bytes": total, "identical": same, "cpu_s": t_cpu, "chunks": len(sizes),
+           "read_s": reads, "resolve_s": counter.resolve_s}
     for dp in (M.A100, M.H200):
         p = M.project_pretok(trace, dp, total_bytes=total, words=table.num_words, word_bytes=word_bytes,
-                             host_s=t_host)
-        dev_s = sum(t.seconds for k, t in p.terms.items() if not k.startswith(("H2D", "host")))
-        h2d = total / dp.H2D_BPS
-        host_s = sum(t.seconds for k, t in p.terms.items() if k.startswith("host"))
-        stage = max(h2d, dev_s + host_s)
+                             host_s=counter.resolve_s)
+        st = M.pretok_stage(p, total_bytes=total, chunk_bytes=max(sizes), read_bps=read_bps)
         out += [f"### {dp.name} parameters (copy {dp.copy_bps / 1e12:.1f} TB/s, H2D {dp.H2D_BPS / 1e9:.0f} GB/s)",
                 "", *M.pretok_report(p, total), "",
-                f"Device kernels {dev_s:.4f} s ({total / dev_s / 1e9:.1f} GB/s of corpus); host-to-device copy "
-                f"{h2d:.4f} s ({dp.H2D_BPS / 1e9:.0f} GB/s); host work and read-backs {host_s:.4f} s. "
-                f"Stage: **{stage:.3f} s = {total / stage / 1e9:.2f} GB/s**, bound by "
-                f"{'the host-to-device copy' if h2d >= dev_s + host_s else 'the device and host work per chunk'}; "
-                f"CPU engine here {t_cpu:.2f} s ({total / t_cpu / 1e6:.0f} MB/s, {_common.usable_cores()} cores): "
-                f"{t_cpu / stage:.0f}x.", ""]
-        res[dp.name] = {"device_s": dev_s, "h2d_s": h2d, "host_s": host_s, "stage_s": stage,
+                f"Device kernels {st.device_s:.4f} s ({total / st.device_s / 1e9:.1f} GB/s of corpus) and host work "
+                f"per chunk {st.host_s:.4f} s: counting {st.count_s:.4f} s ({total / st.count_s / 1e9:.1f} GB/s); "
+                f"host-to-device copy {st.h2d_s:.4f} s ({dp.H2D_BPS / 1e9:.0f} GB/s); file read {st.read_s:.4f} s "
+                f"({read_bps / 1e9:.1f} GB/s); pipeline fill {st.fill_s:.4f} s. Stage: **{st.seconds:.3f} s = "
+                f"{total / st.seconds / 1e9:.2f} GB/s**, bound by {st.bound}; CPU engine here {t_cpu:.2f} s "
+                f"({total / t_cpu / 1e6:.0f} MB/s, {_common.usable_cores()} cores): {t_cpu / st.seconds:.0f}x.", ""]
+        res[dp.name] = {"device_s": st.device_s, "h2d_s": st.h2d_s, "host_s": st.host_s, "read_s": st.read_s,
+                        "fill_s": st.fill_s, "stage_s": st.seconds, "bound": st.bound,
                         "terms": {k: v.seconds for k, v in p.terms.items()}}
     out += ["Bytes per launch (DRAM; a random table access is a 32-byte sector):", ""]
     out += [f"- {k}: {v}" for k, v in M.PRETOK_BYTES.items()]
     h = res["H200"]
     line = (f"projected device pre-tokenization + counting {h['stage_s']:.3f} s "
-            f"({total / h['stage_s'] / 1e9:.2f} GB/s), CPU count_table {t_cpu:.2f} s "
+            f"({total / h['stage_s'] / 1e9:.2f} GB/s, bound by {h['bound']}), CPU count_table {t_cpu:.2f} s "
             f"({total / t_cpu / 1e6:.0f} MB/s) (H200 parameters)")
     out += ["", line]
     text = "\n".join(out)
@@ -386,9 +423,13 @@ def run_pretok_model(args, corpus: Path) -> int:
                "launch, not an achieved efficiency. scripts/gpu_check.sh measures the real figures.",
                "hot-atomic-bound: launches where the atomics on one slot (the most frequent word's count) "
                "outlast the launch's bytes at HOT_ATOMIC_S each.",
-               "host work (the copy into pinned memory, the special tokens' candidates resolved) and the CPU "
-               "engine are measured on this machine; the device path waits for each chunk's read-backs, so "
-               "host work is charged in series with the device, the host-to-device copy beside them.",
+               "the stage is a pipeline: ChunkReader's threads read the file into pinned buffers, the copy "
+               "stream copies a chunk up while the previous one is counted, and the counting (kernels, then "
+               "the read-backs and host work of each chunk, in series) runs on the compute stream; the slowest "
+               "of the three bounds it, plus the first chunk's read and copy.",
+               "the reader's rate on a GPU host is modelled as config.DEVICE_READ_THREADS times the one-thread "
+               "rate measured here (a file in the page cache; [A]: memory bandwidth allows it); the special "
+               "tokens' resolution and the CPU engine are measured on this machine.",
                "the cuda-sim run took minutes on the host: it is the schedule, not a timing."])
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -407,22 +448,34 @@ def run_pretok_device(args, corpus: Path) -> int:
     import cost_model as M
 
     from gpubpe import config
-    from gpubpe.corpus import cut_stream, special_bytes
+    from gpubpe.corpus import special_bytes
     from gpubpe.patterns import GPT2_PATTERN
     from gpubpe.pretok import count_table
     from gpubpe.pretok import device as D
+
+    import tempfile
 
     backend = "cuda-sim" if args.sim else "cuda"
     specials = special_bytes([_common.SPECIAL])
     with open(corpus, "rb") as f:
         data = f.read(args.pretok_mb << 20)
-    blocks = [data[i : i + config.READ_BLOCK] for i in range(0, len(data), config.READ_BLOCK)]
-    chunks = list(cut_stream(blocks, specials, config.CHUNK_SIZE))
     total = len(data)
+    tmp = tempfile.TemporaryDirectory()
+    head = Path(tmp.name) / f"{corpus.stem}.head.txt"
+    head.write_bytes(data)
+    del data
+    size = config.DEVICE_CHUNK_SIZE
+    chunks = [bytes(c) for c in _read_chunks(head, specials, size)]
+
+    def on_device():  # count_pretokens(backend='cuda')'s path: the file through ChunkReader into pinned buffers
+        return D.count_device_inputs([head], None, specials, backend=backend, chunk_size=size, pattern=GPT2_PATTERN)
+
     D.count_device(iter([chunks[0][:100_000]]), specials, backend=backend)  # NVRTC and module loads
+    on_device()  # and the pinned buffers' first allocation
     t = time.perf_counter()
-    table = D.count_device(iter(chunks), specials, backend=backend)
+    table = on_device()
     t_e2e = time.perf_counter() - t
+    t_read = min(time_reader(head, specials, size, config.DEVICE_READ_THREADS)[0] for _ in range(3))
     count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)  # warm
     t = time.perf_counter()
     cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
@@ -451,7 +504,9 @@ def run_pretok_device(args, corpus: Path) -> int:
                      f"{nbytes / total:.2f}"])
     body = [f"First {total:,} bytes of {corpus.name}, {len(chunks)} chunks; counts identical to the CPU's "
             f"count_table: **{same}** ({table.num_words:,} words).", "",
-            f"End to end (count_device, warm): {t_e2e:.3f} s = **{total / t_e2e / 1e9:.2f} GB/s**; "
+            f"End to end (the file read into pinned buffers and counted, count_device_inputs, warm): "
+            f"{t_e2e:.3f} s = **{total / t_e2e / 1e9:.2f} GB/s**; ChunkReader alone "
+            f"({config.DEVICE_READ_THREADS} threads): {total / t_read / 1e9:.2f} GB/s; "
             f"CPU count_table ({_common.usable_cores()} cores): {t_cpu:.3f} s = {total / t_cpu / 1e9:.2f} GB/s.", "",
             _common.md_table(["kernel", "ms (all launches)", "corpus GB/s", "GB/s (model bytes)",
                               "model bytes per corpus byte"], rows)]

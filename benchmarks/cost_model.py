@@ -278,9 +278,11 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
     """Charge the counting schedule of ``trace`` with ``device``'s parameters.
     Each launch: node gap + max(bytes / copy bandwidth, hot atomics); each
     round reads back two scalars (READBACK_S each) and makes two CuPy calls.
-    ``host_s``: the host's own work per corpus (the copy into pinned memory,
-    the special tokens' candidates resolved), measured where the model runs; it is charged once, as it
-    runs beside the device only in part (the driver waits for each chunk)."""
+    ``host_s``: the host's own work per corpus (the special tokens'
+    candidates resolved), measured where the model runs; it is charged in
+    series with the device (the driver waits for each chunk's read-backs).
+    Reading the file is not in it: a reader thread fills the pinned buffers
+    beside the counting (:func:`pretok_stage`)."""
     d = device
     p = Projection(d)
     p.hot_bound = {}  # launches whose serialized same-address atomics outlast their bytes
@@ -324,8 +326,48 @@ def project_pretok(trace: list[dict], device: Device, *, total_bytes: int, words
             p.charge("wc_commit", d.RT_HBM_S, 72 * e["new_words"])
     p.charge("wc_extract", d.RT_HBM_S, 2 * word_bytes + 64 * words)
     if host_s:
-        p.host("host: copy into pinned memory, specials resolved (measured here)", host_s, 2 * total_bytes)
+        p.host("host: special tokens' candidates resolved (measured here)", host_s)
     return p
+
+
+@dataclass
+class Stage:
+    """The stage as a pipeline of three parts running side by side: the file
+    read into pinned buffers (reader threads), the host-to-device copy (copy
+    stream), and the counting (kernels, read-backs and the host's share, in
+    series); the slowest part bounds it, and the first chunk's read and copy
+    come before any counting (the pipeline's fill)."""
+
+    read_s: float
+    h2d_s: float
+    device_s: float
+    host_s: float
+    fill_s: float
+
+    @property
+    def count_s(self) -> float:
+        return self.device_s + self.host_s
+
+    @property
+    def seconds(self) -> float:
+        return max(self.read_s, self.h2d_s, self.count_s) + self.fill_s
+
+    @property
+    def bound(self) -> str:
+        parts = {"the file read into pinned memory": self.read_s, "the host-to-device copy": self.h2d_s,
+                 "the counting (kernels and per-chunk host work)": self.count_s}
+        return max(parts, key=parts.get)
+
+
+def pretok_stage(p: Projection, *, total_bytes: int, chunk_bytes: int, read_bps: float) -> Stage:
+    """The stage of :func:`project_pretok`'s projection ``p``: ``read_bps`` is
+    the reader's rate (bytes/s) on the host it models, ``chunk_bytes`` the
+    largest chunk (the pipeline's fill)."""
+    d = p.device
+    device_s = sum(t.seconds for k, t in p.terms.items() if not k.startswith(("H2D", "host")))
+    host_s = sum(t.seconds for k, t in p.terms.items() if k.startswith("host"))
+    return Stage(read_s=total_bytes / read_bps, h2d_s=total_bytes / d.H2D_BPS, device_s=device_s, host_s=host_s,
+                 fill_s=chunk_bytes / read_bps + chunk_bytes / d.H2D_BPS)
 
 
 def pretok_report(p: Projection, total_bytes: int) -> list[str]:
