@@ -310,7 +310,7 @@ def _read_chunks(path: Path, specials, chunk_size: int):
             reader.release()
 
 
-def time_reader(corpus: Path, specials, chunk_size: int, threads: int) -> tuple[float, int]:
+def time_reader(corpus: Path, specials, chunk_size: int, threads: int | None) -> tuple[float, int]:
     """(seconds, chunks) for ChunkReader to read ``corpus`` into reused buffers
     (each chunk given back at once: the reader's own rate, nothing downstream)."""
     from gpubpe.corpus import ChunkReader
@@ -349,10 +349,10 @@ def run_pretok_model(args, corpus: Path) -> int:
                       workers=_common.usable_cores(), pattern=GPT2_PATTERN)
     t_cpu = time.perf_counter() - t
     print(f"CPU count_table: {t_cpu:.2f} s, {total / t_cpu / 1e6:.0f} MB/s, {cpu.num_words:,} words", flush=True)
-    # the reader alone: one thread, and config.DEVICE_READ_THREADS (bounded here by this machine's cores)
+    # the reader alone: one thread, and one per core of this machine
     time_reader(corpus, specials, config.DEVICE_CHUNK_SIZE, 1)  # the file into the page cache
     reads = {}
-    for threads in sorted({1, config.DEVICE_READ_THREADS}):
+    for threads in sorted({1, _common.usable_cores()}):
         reads[threads] = min(time_reader(corpus, specials, config.DEVICE_CHUNK_SIZE, threads)[0] for _ in range(3))
         print(f"ChunkReader, {threads} thread(s): {total / reads[threads] / 1e9:.2f} GB/s", flush=True)
     # the schedule: the real driver in cuda-sim, traced, fed as count_device_inputs feeds it
@@ -475,7 +475,7 @@ def run_pretok_device(args, corpus: Path) -> int:
     t = time.perf_counter()
     table = on_device()
     t_e2e = time.perf_counter() - t
-    t_read = min(time_reader(head, specials, size, config.DEVICE_READ_THREADS)[0] for _ in range(3))
+    t_read = min(time_reader(head, specials, size, None)[0] for _ in range(3))
     count_table(iter(chunks[:1]), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)  # warm
     t = time.perf_counter()
     cpu = count_table(iter(chunks), specials, workers=_common.usable_cores(), pattern=GPT2_PATTERN)
@@ -506,7 +506,8 @@ def run_pretok_device(args, corpus: Path) -> int:
             f"count_table: **{same}** ({table.num_words:,} words).", "",
             f"End to end (the file read into pinned buffers and counted, count_device_inputs, warm): "
             f"{t_e2e:.3f} s = **{total / t_e2e / 1e9:.2f} GB/s**; ChunkReader alone "
-            f"({config.DEVICE_READ_THREADS} threads): {total / t_read / 1e9:.2f} GB/s; "
+            f"(config.DEVICE_READ_THREADS = {config.DEVICE_READ_THREADS}, at most one per core): "
+            f"{total / t_read / 1e9:.2f} GB/s; "
             f"CPU count_table ({_common.usable_cores()} cores): {t_cpu:.3f} s = {total / t_cpu / 1e9:.2f} GB/s.", "",
             _common.md_table(["kernel", "ms (all launches)", "corpus GB/s", "GB/s (model bytes)",
                               "model bytes per corpus byte"], rows)]

@@ -187,11 +187,12 @@ DEVICE_CHUNK_SIZE = 32 << 20
 # host buffers of a chunk each (gpubpe.corpus.ChunkReader): one being copied
 # to the device, one being counted, the others being filled ahead.
 DEVICE_READ_BUFFERS = 4
-# Threads reading one buffer's parts (os.preadv): one thread reads a file in
-# the page cache at about 6 GB/s here, a quarter of the host-to-device copy
-# (about 25 GB/s), so four keep the copy the bound. Parts are at least
+# Threads reading one buffer's parts (os.preadv), at most one per core: one
+# thread reads a file in the page cache at about 6 GB/s here, a quarter of the
+# host-to-device copy (about 25 GB/s); eight (GPU hosts have 16 cores or more)
+# leave the copy the bound with room to spare. Parts are at least
 # READ_PART_MIN bytes (a smaller read costs more in its call than it moves).
-DEVICE_READ_THREADS = 4
+DEVICE_READ_THREADS = 8
 READ_PART_MIN = 1 << 20
 # The reader looks for a safe cut in the last READ_CUT_WINDOW bytes of a
 # buffer first (almost always found there: text has a space every few bytes),

@@ -597,7 +597,7 @@ class ChunkReader:
 
     A reader thread fills each buffer (about ``chunk_size`` bytes) with
     ``os.preadv``, in parts of at least ``config.READ_PART_MIN`` bytes read by
-    ``threads`` threads; looks for the last safe cut in the buffer's last
+    ``threads`` threads (default: config.DEVICE_READ_THREADS, at most one per core); looks for the last safe cut in the buffer's last
     ``config.READ_CUT_WINDOW`` bytes, then in the whole buffer; hands out the
     buffer up to the cut, and starts the next buffer with the bytes after it.
     A buffer with no safe cut is read on into one twice its size, so a long
@@ -626,7 +626,10 @@ class ChunkReader:
         self._free_fn = free
         # the consumer holds two chunks (one counted, the next one copied ahead); a third is being filled
         self._buffers = max(3, int(buffers or config.DEVICE_READ_BUFFERS))
-        self.threads = max(1, int(threads or config.DEVICE_READ_THREADS)) if hasattr(os, "preadv") else 1
+        # more threads than cores only take turns: each part is a copy from the page cache
+        self.threads = max(1, int(threads or min(config.DEVICE_READ_THREADS, os.cpu_count() or 1)))
+        if not hasattr(os, "preadv"):
+            self.threads = 1
         self._on_bytes, self._digest = on_bytes, digest
         self._free: queue.Queue = queue.Queue()
         self._out: queue.Queue = queue.Queue()
