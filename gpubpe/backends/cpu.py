@@ -99,7 +99,34 @@ _PCOLS = 5
 _OFF, _LEN, _WCOUNT = 0, 1, 2
 
 
+# Reference counting. Numba counts the references to every array a compiled
+# function takes: a call to a helper costs an atomic increment and decrement
+# (each a call into the runtime) per array argument, and more for arrays it
+# returns. In the loop's hot paths (every heap comparison, every new pair)
+# that was about a tenth of the run. So every helper below that the loop calls
+# per merge or more often is compiled with ``_nrt=False`` (no reference
+# counting; Numba then refuses to compile anything in it that allocates):
+# the loop makes room first, with a size check of its own, and only the rare
+# growth calls an allocating helper (``_grown``, ``_grown_rows``).
+
+
 @njit(cache=True, nogil=True)
+def _grown(a, keep, size):
+    """A new 1-D array of ``size`` entries that starts with ``a[:keep]``."""
+    out = np.empty(size, a.dtype)
+    out[:keep] = a[:keep]
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _grown_rows(a, keep, rows):
+    """A new 2-D array of ``rows`` rows that starts with ``a[:keep]``."""
+    out = np.empty((rows, a.shape[1]), a.dtype)
+    out[:keep] = a[:keep]
+    return out
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _forced_pair(a, b, byte_pair, made_at, pdata):
     """The pair id of a forced merge (a, b), or -1 when the pair is absent.
     A pair is made in the merge that creates the later of its tokens (or is
@@ -114,44 +141,44 @@ def _forced_pair(a, b, byte_pair, made_at, pdata):
     return np.int64(-1)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _token_bytes(buf, buf_used, toff, tlen, t, a, b):
     """Write token t's bytes (a's then b's) at the end of the byte buffer,
-    growing it when full; returns the buffer and its new fill."""
+    which has room for them (``_buf_size``); returns its new fill."""
     la = tlen[a]
     lb = tlen[b]
-    if buf_used + la + lb > buf.shape[0]:
-        grown = np.empty(2 * buf.shape[0] + la + lb, np.uint8)
-        grown[:buf_used] = buf[:buf_used]
-        buf = grown
     toff[t] = buf_used
     tlen[t] = la + lb
     for i in range(la):
         buf[buf_used + i] = buf[toff[a] + i]
     for i in range(lb):
         buf[buf_used + la + i] = buf[toff[b] + i]
-    return buf, buf_used + la + lb
+    return buf_used + la + lb
 
 
 @njit(cache=True, nogil=True)
-def _new_pair(pdata, npairs, key):
-    """Add pair ``key`` with count 0; returns (id, pdata, npairs)."""
-    p = npairs
-    if p == pdata.shape[0]:
-        grown = np.empty((2 * p, _PCOLS), np.int64)
-        grown[:p] = pdata
-        pdata = grown
-    pdata[p, _COUNT] = 0
-    pdata[p, _KEY] = key
-    pdata[p, _VSTART] = 0
-    pdata[p, _VLEN] = 0
-    pdata[p, _VCAP] = -1  # while its merge runs: the last word recorded for it
-    return p, pdata, npairs + 1
+def _buf_size(cap, buf_used, need):
+    """0 when a byte buffer of ``cap`` bytes has room for ``need`` more, else
+    the size to grow it to (``_grown``)."""
+    if buf_used + need <= cap:
+        return 0
+    return 2 * cap + need
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
+def _pair_add(pdata, npairs, key):
+    """Add pair ``key`` with count 0 as id ``npairs``; ``pdata`` has room for it."""
+    pdata[npairs, _COUNT] = 0
+    pdata[npairs, _KEY] = key
+    pdata[npairs, _VSTART] = 0
+    pdata[npairs, _VLEN] = 0
+    pdata[npairs, _VCAP] = -1  # while its merge runs: the last word recorded for it
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _place(pool, used, pdata, first_new, npairs, tmp, nt):
-    """Give the pairs a merge created exact-size word vectors at the pool's end.
+    """Give the pairs a merge created exact-size word vectors at the pool's end
+    (the pool has room for ``nt`` more entries); returns the new fill mark.
 
     All words of a new pair are found in the merge that creates it, so its
     vector is sized once, here: a counting sort of the merge's (pair, word)
@@ -159,10 +186,6 @@ def _place(pool, used, pdata, first_new, npairs, tmp, nt):
     vector ever grows in place, so the only garbage is the vectors of merged
     or dead pairs, which ``_compact`` reclaims in place.
     """
-    if used + nt > pool.shape[0]:
-        grown = np.empty(used + nt + pool.shape[0] // 2, np.int32)
-        grown[:used] = pool[:used]
-        pool = grown
     for p in range(first_new, npairs):
         n = pdata[p, _VLEN]
         pdata[p, _VSTART] = used
@@ -173,10 +196,10 @@ def _place(pool, used, pdata, first_new, npairs, tmp, nt):
         p = tmp[2 * r]
         pool[pdata[p, _VSTART] + pdata[p, _VLEN]] = tmp[2 * r + 1]
         pdata[p, _VLEN] += 1
-    return pool, used
+    return used
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _compact(pool, pdata, npairs):
     """Squeeze out the vectors of merged and dead pairs (count 0), in place.
 
@@ -199,7 +222,7 @@ def _compact(pool, pdata, npairs):
     return used
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _tok_cmp(buf, toff, tlen, x, y):
     """Compare the bytes of tokens x and y: <0, 0 or >0 (a proper prefix is smaller)."""
     if x == y:
@@ -217,12 +240,12 @@ def _tok_cmp(buf, toff, tlen, x, y):
     return np.int64(lx) - np.int64(ly)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@njit(cache=True, nogil=True, inline="always", _nrt=False)
 def _rank(rank, t):
     return rank[t] if t < 256 else t
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _above(h, i, j, buf, toff, tlen, rank):
     """True when heap entry i ranks strictly above entry j: higher count, then
     the tie rule. Entries carry their pair's key, so a comparison reads only
@@ -250,7 +273,7 @@ def _above(h, i, j, buf, toff, tlen, rank):
     return _tok_cmp(buf, toff, tlen, k1 & 0xFFFFFFFF, k2 & 0xFFFFFFFF) > 0
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _swap(h, i, j):
     for c in range(3):
         x = h[i, c]
@@ -258,7 +281,7 @@ def _swap(h, i, j):
         h[j, c] = x
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _sift_down(h, size, i, buf, toff, tlen, rank):
     # 4-ary: half the levels of a binary heap, and the four children of a row
     # are adjacent (two cache lines), so a pop from a large heap misses less.
@@ -276,7 +299,7 @@ def _sift_down(h, size, i, buf, toff, tlen, rank):
         i = best
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _sift_up(h, i, buf, toff, tlen, rank):
     while i > 0:
         parent = (i - 1) >> 2
@@ -286,27 +309,25 @@ def _sift_up(h, i, buf, toff, tlen, rank):
         i = parent
 
 
-@njit(cache=True, nogil=True)
-def _heap_push(h, size, count, key, p, buf, toff, tlen, rank):
-    if size == h.shape[0]:
-        grown = np.empty((2 * size, 3), np.int64)
-        grown[:size] = h
-        h = grown
+@njit(cache=True, nogil=True, _nrt=False)
+def _heap_add(h, size, count, key, p, buf, toff, tlen, rank):
+    """Add a row to a heap with room for it; returns the new size."""
     h[size, 0] = count
     h[size, 1] = key
     h[size, 2] = p
     _sift_up(h, size, buf, toff, tlen, rank)
-    return h, size + 1
+    return size + 1
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank):
     """Lower the heap's threshold below ``thresh`` and admit the pairs it now covers.
 
-    Called when the heap holds no pair of count >= ``thresh``. The new
+    Called when the heap holds no pair of count >= ``thresh``; ``h`` has at
+    least ``npairs`` rows (one per pair at most is admitted). The new
     threshold is half the largest count left below the old one, so it takes
     about log2(largest count) refills in a whole run, each one O(pairs).
-    Returns ``(h, size, new threshold)``; the threshold is 0 when no pair is left.
+    Returns ``(size, new threshold)``; the threshold is 0 when no pair is left.
     """
     top = np.int64(0)
     for p in range(npairs):
@@ -314,39 +335,36 @@ def _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank):
         if c < thresh and c > top:
             top = c
     if top == 0:
-        return h, 0, np.int64(0)
+        return np.int64(0), np.int64(0)
     low = max(np.int64(1), top // 2)
-    size = 0
+    size = np.int64(0)
     for p in range(npairs):
         c = pdata[p, _COUNT]
         if c >= low and c < thresh:
-            if size == h.shape[0]:
-                grown = np.empty((2 * size, 3), np.int64)
-                grown[:size] = h[:size]
-                h = grown
             h[size, 0] = c
             h[size, 1] = pdata[p, _KEY]
             h[size, 2] = p
             size += 1
     for i in range((size - 2) // 4, -1, -1):
         _sift_down(h, size, i, buf, toff, tlen, rank)
-    return h, size, low
+    return size, low
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len):
-    """Pop the best valid heap entry: ``(pair id or -1 when none is left, h,
-    size, thresh)``. A stale-high row is re-pushed with its true count; a pair
-    whose token would exceed ``max_len`` is dropped (its tokens' lengths never
-    change and its count only falls, so it can never become a candidate, and
-    the order of all other pairs is unchanged)."""
+    """Pop the best valid heap entry: ``(pair id or -1 when none is left,
+    size, thresh)``; ``h`` has at least ``npairs`` rows (see ``_refill``). A
+    stale-high row is re-pushed with its true count; a pair whose token would
+    exceed ``max_len`` is dropped (its tokens' lengths never change and its
+    count only falls, so it can never become a candidate, and the order of
+    all other pairs is unchanged)."""
     while True:
         if size == 0:
             if thresh <= 1:
-                return -1, h, size, thresh  # every live pair has been admitted: none is left
-            h, size, thresh = _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank)
+                return np.int64(-1), size, thresh  # every live pair has been admitted: none is left
+            size, thresh = _refill(h, pdata, npairs, thresh, buf, toff, tlen, rank)
             if size == 0:
-                return -1, h, size, thresh
+                return np.int64(-1), size, thresh
         c = h[0, 0]
         key = h[0, 1]
         p = h[0, 2]
@@ -360,11 +378,22 @@ def _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len):
         if cur == c and c > 0:
             if max_len > 0 and tlen[key >> 32] + tlen[key & 0xFFFFFFFF] > max_len:
                 continue
-            return p, h, size, thresh
+            return p, size, thresh
         if cur >= thresh and cur < c:
             # stale-high entry: re-insert with the true count (below
-            # thresh it waits for _refill like any other pair)
-            h, size = _heap_push(h, size, cur, key, p, buf, toff, tlen, rank)
+            # thresh it waits for _refill like any other pair); the row
+            # popped above left room for it
+            size = _heap_add(h, size, cur, key, p, buf, toff, tlen, rank)
+
+
+@njit(cache=True, nogil=True)
+def _heap_rows(cap, size, npairs, extra):
+    """0 when a heap of ``cap`` rows has room for ``extra`` more rows and for
+    a refill (one row per pair), else the row count to grow it to (``_grown_rows``)."""
+    need = max(size + extra, npairs)
+    if need <= cap:
+        return 0
+    return max(2 * cap, need)
 
 
 @njit(cache=True, nogil=True)
@@ -374,12 +403,7 @@ def _setup(symbols, offsets, counts, num_merges):
     and the step loop (gpubpe.backends.cpu_steps); it runs once per run.
     Returns ``(wd, ws, pdata, npairs, pool, used, byte_pair, lastw, toff, tlen, buf, buf_used)``."""
     nwords = counts.shape[0]
-    wd = np.empty((nwords, 4), np.int64)
-    for k in range(nwords):
-        wd[k, _OFF] = offsets[k]
-        wd[k, _LEN] = offsets[k + 1] - offsets[k]
-        wd[k, _WCOUNT] = counts[k]
-        wd[k, 3] = 0
+    nsym = symbols.shape[0]
 
     # token bytes: ids 0..255 are the bytes themselves
     toff = np.zeros(256 + num_merges, np.int64)
@@ -393,34 +417,52 @@ def _setup(symbols, offsets, counts, num_merges):
 
     # Every pair ever created is an initial pair or was made by a merge at one
     # of at most 2 positions per removed symbol, so 3 * symbols rows always
-    # suffice; the 32 * num_merges guess serves the usual case (_new_pair grows).
-    pdata = np.empty((max(1 << 16, min(32 * num_merges, 3 * symbols.shape[0])), _PCOLS), np.int64)
+    # suffice; the 32 * num_merges guess serves the usual case (the merge
+    # loop grows it when a merge could overflow it). It holds all initial pairs (at most 256 * 256), so they are
+    # written here in place, with no growth check in the scan.
+    pdata = np.empty((max(1 << 16, min(32 * num_merges, 3 * nsym)), _PCOLS), np.int64)
     npairs = 0
     # ws[2 i] is symbol i, ws[2 i + 1] the id of the pair starting there:
     # side by side, so a word's symbols and pair ids come in one cache miss,
     # and a decrement needs no lookup.
-    ws = np.empty(2 * symbols.shape[0], np.int32)
-    for i in range(symbols.shape[0]):
-        ws[2 * i] = symbols[i]
+    ws = np.empty(2 * nsym, np.int32)
+    wd = np.empty((nwords, 4), np.int64)
 
-    # ---- phase 1: initial pair counts and word vectors ---------------------
+    # ---- phase 1: word records, symbols, initial pair counts -----------------
+    # one pass over the words: their records, symbols and pair ids are written
+    # as the pairs are counted, straight into pdata
     byte_pair = np.full(256 * 256, -1, np.int64)  # every initial pair is two bytes
     lastw = np.full(256 * 256, -1, np.int64)
     for k in range(nwords):
-        base = wd[k, _OFF]
-        w = wd[k, _WCOUNT]
-        for i in range(base, base + wd[k, _LEN] - 1):
-            x = ws[2 * i]
-            y = ws[2 * i + 2]
+        base = offsets[k]
+        end = offsets[k + 1]
+        w = counts[k]
+        wd[k, _OFF] = base
+        wd[k, _LEN] = end - base
+        wd[k, _WCOUNT] = w
+        wd[k, 3] = 0
+        if end == base:
+            continue
+        x = np.int64(symbols[base])
+        for i in range(base, end - 1):
+            y = np.int64(symbols[i + 1])
+            ws[2 * i] = x
             p = byte_pair[x * 256 + y]
             if p == -1:
-                p, pdata, npairs = _new_pair(pdata, npairs, (np.int64(x) << 32) | np.int64(y))
+                p = npairs
+                npairs += 1
                 byte_pair[x * 256 + y] = p
+                pdata[p, _COUNT] = 0
+                pdata[p, _KEY] = (x << 32) | y
+                pdata[p, _VLEN] = 0
             ws[2 * i + 1] = p
             pdata[p, _COUNT] += w
             if lastw[p] != k:  # words per pair, to size the vectors exactly
                 lastw[p] = k
                 pdata[p, _VLEN] += 1
+            x = y
+        ws[2 * (end - 1)] = x
+        ws[2 * (end - 1) + 1] = -1  # no pair starts at a word's last symbol
     # exact-size vectors, filled in word order (so every vector is sorted)
     used = 0
     for p in range(npairs):
@@ -483,7 +525,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
     # not the ~10^6 pairs a full heap holds on a 38 MB corpus), so pops and
     # pushes stay in cache, and most new pairs (small counts) are never pushed.
     h = np.empty((max(1024, 4 * npairs), 3), np.int64)
-    h, size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen, rank)
+    size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen, rank)
 
     merges = np.empty((num_merges, 2), np.int32)
     # Every pair a merge creates holds the new token t, and is new: (x, t) is
@@ -513,7 +555,10 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             if best != -1:
                 mcount[m] = pdata[best, _COUNT]
         else:
-            best, h, size, thresh = _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len)
+            grow = _heap_rows(h.shape[0], size, npairs, 0)
+            if grow:
+                h = _grown_rows(h, size, grow)
+            best, size, thresh = _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len)
             if best == -1 or pdata[best, _COUNT] < min_count:
                 break
             mcount[m] = pdata[best, _COUNT]
@@ -522,12 +567,22 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
         t = 256 + m
         merges[m, 0] = a
         merges[m, 1] = b
-        buf, buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
+        grow = _buf_size(buf.shape[0], buf_used, tlen[a] + tlen[b])
+        if grow:
+            buf = _grown(buf, buf_used, grow)
+        buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
 
         first_new = npairs
         nt = 0
         bvs = pdata[best, _VSTART] if best != -1 else 0
         bvl = pdata[best, _VLEN] if best != -1 else 0
+        # Room for every pair this merge can create, made here so that the
+        # word loop below only stores: each is (x, t) or (t, y) with x <= t and
+        # y < t, and each occurrence (of weight >= 1) makes at most two.
+        if best != -1:
+            need = npairs + min(2 * t + 1, 2 * pdata[best, _COUNT])
+            if need > pdata.shape[0]:
+                pdata = _grown_rows(pdata, npairs, max(2 * pdata.shape[0], need))
         for vi in range(bvl):
             # The words are known in advance: ask for the records of words
             # 16 ahead, and for the symbols of words 8 ahead (whose records
@@ -560,6 +615,9 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                     i += 1
             if not found:
                 continue
+            # this word adds at most n - 1 (pair, word) records
+            if 2 * (nt + n) > tmp.shape[0]:
+                tmp = _grown(tmp, 2 * nt, max(2 * tmp.shape[0], 2 * (nt + n)))
             # rewrite in place (the write index never passes the read index);
             # pair ids next to a new symbol are set below
             j = 0
@@ -588,22 +646,22 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                     if y == t:
                         p = lnew[x]
                         if p == -1:
-                            p, pdata, npairs = _new_pair(pdata, npairs, (np.int64(x) << 32) | np.int64(y))
+                            p = npairs
+                            _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
+                            npairs += 1
                             lnew[x] = p
                     else:
                         p = rnew[y]
                         if p == -1:
-                            p, pdata, npairs = _new_pair(pdata, npairs, (np.int64(x) << 32) | np.int64(y))
+                            p = npairs
+                            _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
+                            npairs += 1
                             rnew[y] = p
                     ws[2 * (base + q) + 1] = p
                     pdata[p, _COUNT] += w
                     if pdata[p, _VCAP] != k:  # this word once per new pair
                         pdata[p, _VCAP] = k
                         pdata[p, _VLEN] += 1
-                        if 2 * nt == tmp.shape[0]:
-                            grown = np.empty(2 * tmp.shape[0], np.int32)
-                            grown[: 2 * nt] = tmp
-                            tmp = grown
                         tmp[2 * nt] = p
                         tmp[2 * nt + 1] = k
                         nt += 1
@@ -612,11 +670,16 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             garbage += pdata[best, _VLEN]
             pdata[best, _COUNT] = 0
             pdata[best, _VLEN] = 0
-        pool, used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
+        if used + nt > pool.shape[0]:
+            pool = _grown(pool, used, used + nt + pool.shape[0] // 2)
+        used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
         if 4 * garbage > used and garbage > (1 << 20):
             used = _compact(pool, pdata, npairs)
             garbage = 0
         # the pairs this merge created get one heap entry each
+        grow = _heap_rows(h.shape[0], size, npairs, npairs - first_new)
+        if grow:
+            h = _grown_rows(h, size, grow)
         for p in range(first_new, npairs):
             key = pdata[p, _KEY]
             if (key & 0xFFFFFFFF) == t:
@@ -624,7 +687,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             else:
                 rnew[key & 0xFFFFFFFF] = -1
             if pdata[p, _COUNT] >= thresh:
-                h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
+                size = _heap_add(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
         made_at[m + 1] = npairs
         m += 1
         progress[0] = m
