@@ -60,6 +60,8 @@ separate count array (no gain), prefetching the neighbours' pair records
 
 from __future__ import annotations
 
+import sys
+
 from .. import _numba
 
 _numba.load()  # before anything compiled runs: Numba without SciPy (see gpubpe._numba)
@@ -92,6 +94,39 @@ def prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+_HUGE = 1 << 21  # bytes in a transparent huge page (x86-64 and arm64 Linux)
+
+
+@intrinsic
+def huge_pages(typingctx, arr):
+    """Ask Linux to back the whole 2 MiB pages inside arr with huge pages
+    (``madvise(MADV_HUGEPAGE)``; a hint with no effect on results, nothing
+    elsewhere). Call it on a large array before it is first written."""
+    if not isinstance(arr, types.Array):
+        return None
+    sig = types.void(arr)
+
+    def codegen(context, builder, signature, args):
+        if not sys.platform.startswith("linux"):
+            return context.get_dummy_value()
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        i64 = ir.IntType(64)
+        start = builder.ptrtoint(ary.data, i64)
+        nbytes = builder.mul(ary.nitems, context.get_constant(types.intp, context.get_abi_sizeof(
+            context.get_data_type(aryty.dtype))))
+        lo = builder.and_(builder.add(start, i64(_HUGE - 1)), i64(~(_HUGE - 1)))
+        hi = builder.and_(builder.add(start, nbytes), i64(~(_HUGE - 1)))
+        with builder.if_then(builder.icmp_unsigned(">", hi, lo)):
+            i8p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.IntType(32), [i8p, i64, ir.IntType(32)])
+            fn = cgutils.get_or_insert_function(builder.module, fnty, "madvise")
+            builder.call(fn, [builder.inttoptr(lo, i8p), builder.sub(hi, lo), ir.IntType(32)(14)])  # MADV_HUGEPAGE
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 # pdata columns
 _COUNT, _KEY, _VSTART, _VLEN, _VCAP = 0, 1, 2, 3, 4
 _PCOLS = 5
@@ -114,6 +149,7 @@ _OFF, _LEN, _WCOUNT = 0, 1, 2
 def _grown(a, keep, size):
     """A new 1-D array of ``size`` entries that starts with ``a[:keep]``."""
     out = np.empty(size, a.dtype)
+    huge_pages(out)
     out[:keep] = a[:keep]
     return out
 
@@ -122,6 +158,7 @@ def _grown(a, keep, size):
 def _grown_rows(a, keep, rows):
     """A new 2-D array of ``rows`` rows that starts with ``a[:keep]``."""
     out = np.empty((rows, a.shape[1]), a.dtype)
+    huge_pages(out)
     out[:keep] = a[:keep]
     return out
 
@@ -427,6 +464,9 @@ def _setup(symbols, offsets, counts, num_merges):
     # and a decrement needs no lookup.
     ws = np.empty(2 * nsym, np.int32)
     wd = np.empty((nwords, 4), np.int64)
+    huge_pages(pdata)
+    huge_pages(ws)
+    huge_pages(wd)
 
     # ---- phase 1: word records, symbols, initial pair counts -----------------
     # one pass over the words: their records, symbols and pair ids are written
@@ -473,6 +513,7 @@ def _setup(symbols, offsets, counts, num_merges):
     # Capacities are generous on purpose: pages that are never written are
     # never resident, while growing by copying holds two copies at once.
     pool = np.empty(max(3 * used, 1024), np.int32)
+    huge_pages(pool)
     lastw[:] = -1
     for k in range(nwords):
         base = wd[k, _OFF]
