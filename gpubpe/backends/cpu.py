@@ -27,9 +27,8 @@ full recount):
   holds each word once (a word is appended only while it is processed, and
   the last entry is checked), so no per-merge stamp is needed.
 * prefetching  the words a merge visits are known in advance: the loop asks
-  for the records of the word 16 ahead and the symbols of the word 8 ahead,
-  its first and its last cache line (``llvm.prefetch`` through a Numba
-  intrinsic). Vectors are filled in word order, so the visits walk memory
+  for the records of the word 16 ahead and all the symbols of the word 8
+  ahead (``llvm.prefetch`` through a Numba intrinsic). Vectors are filled in word order, so the visits walk memory
   forwards.
 * 4-ary max-heap with lazy invalidation and a threshold  rows ``(count,
   key, pair id)`` (4-ary: half the levels of a binary heap, children in
@@ -50,13 +49,18 @@ full recount):
 Words are rewritten in place (a merge only shortens a word). The pairs removed
 and added are computed locally: old pairs at positions ``i-1, i, i+1`` around
 each occurrence, new pairs at ``j-1, j`` around each new symbol, each position
-once, so runs like ``a a a a`` stay exact.
+once, so runs like ``a a a a`` stay exact. The old pairs' decrements are
+deferred through a short ring: each pair record is prefetched when its
+decrement is found and written 16 decrements later, so those misses overlap
+(nothing in a merge's word loop reads an old pair's count).
 
 The loop is bound by memory latency: on the 38 MB ``small`` corpus, 32,000
-merges visit about 4.7 million words. Tried and dropped: a one-pass rewrite
-(fewer scans, slower), word headers inside the symbol arena (no gain), a
-separate count array (no gain), prefetching the neighbours' pair records
-(slower).
+merges visit about 4.7 million words (a fifth of them stale). Its helpers are
+compiled without reference counting, and its large arrays are backed by huge
+pages (see ``huge_pages``). Tried and dropped: a one-pass rewrite (fewer
+scans, slower), word headers inside the symbol arena (no gain), a separate
+count array (no gain), prefetching the neighbours' pair records right before
+the decrement (slower; the ring's lag is what helps).
 """
 
 from __future__ import annotations
@@ -642,16 +646,20 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
         for vi in range(bvl):
             # The words are known in advance: ask for the records of words
             # 16 ahead, and for the symbols of words 8 ahead (whose records
-            # are in cache by now), first and last, since a word's symbols
-            # often cross a cache line. Visits are latency-bound without this
-            # (the last symbol's line: -11% on small at 32,000; farther ahead
-            # than 16 / 8 was slower).
+            # are in cache by now), every cache line of them: the words a
+            # merge visits hold 14 symbols (112 bytes) on average on small.
+            # Visits are latency-bound without this (first line only, then
+            # also the last: -11%, then every line: -7 to -13% more on small
+            # at 32,000; farther ahead than 16 / 8 was slower).
             if vi + 16 < bvl:
                 prefetch(wdf, 4 * pool[bvs + vi + 16])
             if vi + 8 < bvl:
                 k8 = pool[bvs + vi + 8]
-                prefetch(ws, 2 * wd[k8, _OFF])
-                prefetch(ws, 2 * (wd[k8, _OFF] + wd[k8, _LEN]) - 1)
+                lo8 = 2 * wd[k8, _OFF]
+                hi8 = 2 * (wd[k8, _OFF] + wd[k8, _LEN]) - 1
+                for x8 in range(lo8, hi8, 16):  # 16 int32: one 64-byte line
+                    prefetch(ws, x8)
+                prefetch(ws, hi8)
             k = pool[bvs + vi]
             base = wd[k, _OFF]
             n = wd[k, _LEN]
