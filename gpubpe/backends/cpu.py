@@ -595,6 +595,11 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
     dec_w = np.empty(_DEC_MASK + 1, np.int64)
     nd = 0  # decrements found in this merge
     na = 0  # and applied
+    # the positions of a word's new symbols while it is rewritten
+    longest = 1
+    for k in range(nwords):
+        longest = max(longest, wd[k, _LEN])
+    tpos = np.empty(longest, np.int64)
 
     # The pairs merge m created are the ids made_at[m] .. made_at[m + 1] - 1.
     # A pair (x, y) is made in the merge that creates the later of x and y (or
@@ -702,9 +707,12 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             # set below. Starting there, not at 0: -8 to -15% on small at 32,000.
             j = first
             i = first
+            ntp = 0  # new symbols written, at tpos[:ntp]
             while i < n:
                 if i < n - 1 and ws[2 * (base + i)] == a and ws[2 * (base + i + 1)] == b:
                     ws[2 * (base + j)] = t
+                    tpos[ntp] = j
+                    ntp += 1
                     i += 2
                 else:
                     ws[2 * (base + j)] = ws[2 * (base + i)]
@@ -713,11 +721,11 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                 j += 1
             n = j
             wd[k, _LEN] = n
-            # new pairs around each new symbol, each position once
+            # new pairs around each new symbol, each position once (the
+            # symbols' positions are kept by the rewrite: -6% against a scan)
             last = -1
-            for jj in range(first, n):
-                if ws[2 * (base + jj)] != t:
-                    continue
+            for ti in range(ntp):
+                jj = tpos[ti]
                 q0 = max(jj - 1, last + 1)
                 q1 = min(jj, n - 2)
                 for q in range(q0, q1 + 1):
