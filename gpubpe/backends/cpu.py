@@ -648,124 +648,135 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
             need = npairs + min(2 * t + 1, 2 * pdata[best, _COUNT])
             if need > pdata.shape[0]:
                 pdata = _grown_rows(pdata, npairs, max(2 * pdata.shape[0], need))
-        for vi in range(bvl):
-            # The words are known in advance: ask for the records of words
-            # 16 ahead, and for the symbols of words 8 ahead (whose records
-            # are in cache by now), every cache line of them: the words a
-            # merge visits hold 14 symbols (112 bytes) on average on small.
-            # Visits are latency-bound without this (first line only, then
-            # also the last: -11%, then every line: -7 to -13% more on small
-            # at 32,000; farther ahead than 16 / 8 was slower).
-            if vi + 16 < bvl:
-                prefetch(wdf, 4 * pool[bvs + vi + 16])
-            if vi + 8 < bvl:
-                k8 = pool[bvs + vi + 8]
-                lo8 = 2 * wd[k8, _OFF]
-                hi8 = 2 * (wd[k8, _OFF] + wd[k8, _LEN]) - 1
-                for x8 in range(lo8, hi8, 16):  # 16 int32: one 64-byte line
-                    prefetch(ws, x8)
-                prefetch(ws, hi8)
-            k = pool[bvs + vi]
-            base = wd[k, _OFF]
-            n = wd[k, _LEN]
-            w = wd[k, _WCOUNT]
-            # old pairs around each occurrence, each position once; the merged
-            # pair itself is zeroed after the loop
-            # (a pair id names one key, and a word's pair ids are kept exact,
-            # so the occurrences are the positions holding the pair's id: one
-            # load each instead of two symbols)
-            first = -1  # the first occurrence: the symbols before it stay as they are
-            nocc = 0  # occurrences, their positions at tpos[:nocc]
-            last = -1
-            i = 0
-            while i < n - 1:
-                if ws[2 * (base + i) + 1] == best:
-                    if first < 0:
-                        first = i
-                    tpos[nocc] = i
-                    nocc += 1
-                    q0 = max(i - 1, last + 1)
-                    q1 = min(i + 1, n - 2)
-                    for q in range(q0, q1 + 1):
-                        p = ws[2 * (base + q) + 1]
-                        if p != best:
-                            # deferred: its record is asked for now and
-                            # decremented _DEC_LAG decrements later
-                            prefetch(pdata, np.int64(p))
-                            dec_p[nd & _DEC_MASK] = p
-                            dec_w[nd & _DEC_MASK] = w
-                            nd += 1
-                            if nd - na > _DEC_LAG:
-                                j = na & _DEC_MASK
-                                pdata[dec_p[j], _COUNT] -= dec_w[j]
-                                na += 1
-                    last = q1
-                    i += 2
-                else:
-                    i += 1
-            if first < 0:
-                continue  # a stale entry: the pair left this word in an earlier merge
-            # this word adds at most n - 1 (pair, word) records
-            if 2 * (nt + n) > tmp.shape[0]:
-                tmp = _grown(tmp, 2 * nt, max(2 * tmp.shape[0], 2 * (nt + n)))
-            # rewrite in place from the first occurrence on (the write index
-            # never passes the read index), copying the runs between the
-            # occurrences found above; tpos[r] becomes the position of the
-            # r-th new symbol. Pair ids next to a new symbol are set below.
-            # Starting at the first occurrence, not at 0: -8 to -15% on small
-            # at 32,000; runs and pair-id matching instead of a second
-            # comparing scan: -6 to -15% more.
-            j = first
-            src = first
-            for r in range(nocc):
-                o = tpos[r]
-                for x in range(src, o):
+        # The word loop is the inner one: the room for the merge's (pair,
+        # word) records is made out here, when a word might not fit. (An
+        # array assigned inside the loop cost a reference-count increment and
+        # decrement per word visited.)
+        vi = 0
+        need = 0
+        while vi < bvl:
+            if 2 * (nt + need) > tmp.shape[0]:
+                tmp = _grown(tmp, 2 * nt, max(2 * tmp.shape[0], 2 * (nt + need)))
+            while vi < bvl:
+                # The words are known in advance: ask for the records of words
+                # 16 ahead, and for the symbols of words 8 ahead (whose records
+                # are in cache by now), every cache line of them: the words a
+                # merge visits hold 14 symbols (112 bytes) on average on small.
+                # Visits are latency-bound without this (first line only, then
+                # also the last: -11%, then every line: -7 to -13% more on small
+                # at 32,000; farther ahead than 16 / 8 was slower).
+                if vi + 16 < bvl:
+                    prefetch(wdf, 4 * pool[bvs + vi + 16])
+                if vi + 8 < bvl:
+                    k8 = pool[bvs + vi + 8]
+                    lo8 = 2 * wd[k8, _OFF]
+                    hi8 = 2 * (wd[k8, _OFF] + wd[k8, _LEN]) - 1
+                    for x8 in range(lo8, hi8, 16):  # 16 int32: one 64-byte line
+                        prefetch(ws, x8)
+                    prefetch(ws, hi8)
+                k = pool[bvs + vi]
+                base = wd[k, _OFF]
+                n = wd[k, _LEN]
+                w = wd[k, _WCOUNT]
+                # this word adds at most n - 1 (pair, word) records
+                if 2 * (nt + n) > tmp.shape[0]:
+                    need = n
+                    break
+                vi += 1
+                # old pairs around each occurrence, each position once; the merged
+                # pair itself is zeroed after the loop
+                # (a pair id names one key, and a word's pair ids are kept exact,
+                # so the occurrences are the positions holding the pair's id: one
+                # load each instead of two symbols)
+                first = -1  # the first occurrence: the symbols before it stay as they are
+                nocc = 0  # occurrences, their positions at tpos[:nocc]
+                last = -1
+                i = 0
+                while i < n - 1:
+                    if ws[2 * (base + i) + 1] == best:
+                        if first < 0:
+                            first = i
+                        tpos[nocc] = i
+                        nocc += 1
+                        q0 = max(i - 1, last + 1)
+                        q1 = min(i + 1, n - 2)
+                        for q in range(q0, q1 + 1):
+                            p = ws[2 * (base + q) + 1]
+                            if p != best:
+                                # deferred: its record is asked for now and
+                                # decremented _DEC_LAG decrements later
+                                prefetch(pdata, np.int64(p))
+                                dec_p[nd & _DEC_MASK] = p
+                                dec_w[nd & _DEC_MASK] = w
+                                nd += 1
+                                if nd - na > _DEC_LAG:
+                                    j = na & _DEC_MASK
+                                    pdata[dec_p[j], _COUNT] -= dec_w[j]
+                                    na += 1
+                        last = q1
+                        i += 2
+                    else:
+                        i += 1
+                if first < 0:
+                    continue  # a stale entry: the pair left this word in an earlier merge
+                # rewrite in place from the first occurrence on (the write index
+                # never passes the read index), copying the runs between the
+                # occurrences found above; tpos[r] becomes the position of the
+                # r-th new symbol. Pair ids next to a new symbol are set below.
+                # Starting at the first occurrence, not at 0: -8 to -15% on small
+                # at 32,000; runs and pair-id matching instead of a second
+                # comparing scan: -6 to -15% more.
+                j = first
+                src = first
+                for r in range(nocc):
+                    o = tpos[r]
+                    for x in range(src, o):
+                        ws[2 * (base + j)] = ws[2 * (base + x)]
+                        ws[2 * (base + j) + 1] = ws[2 * (base + x) + 1]
+                        j += 1
+                    ws[2 * (base + j)] = t
+                    tpos[r] = j
+                    j += 1
+                    src = o + 2
+                for x in range(src, n):
                     ws[2 * (base + j)] = ws[2 * (base + x)]
                     ws[2 * (base + j) + 1] = ws[2 * (base + x) + 1]
                     j += 1
-                ws[2 * (base + j)] = t
-                tpos[r] = j
-                j += 1
-                src = o + 2
-            for x in range(src, n):
-                ws[2 * (base + j)] = ws[2 * (base + x)]
-                ws[2 * (base + j) + 1] = ws[2 * (base + x) + 1]
-                j += 1
-            n = j
-            wd[k, _LEN] = n
-            # new pairs around each new symbol, each position once (the
-            # symbols' positions are kept by the rewrite: -6% against a scan)
-            last = -1
-            for ti in range(nocc):
-                jj = tpos[ti]
-                q0 = max(jj - 1, last + 1)
-                q1 = min(jj, n - 2)
-                for q in range(q0, q1 + 1):
-                    x = ws[2 * (base + q)]
-                    y = ws[2 * (base + q + 1)]
-                    if y == t:
-                        p = lnew[x]
-                        if p == -1:
-                            p = npairs
-                            _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
-                            npairs += 1
-                            lnew[x] = p
-                    else:
-                        p = rnew[y]
-                        if p == -1:
-                            p = npairs
-                            _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
-                            npairs += 1
-                            rnew[y] = p
-                    ws[2 * (base + q) + 1] = p
-                    pdata[p, _COUNT] += w
-                    if pdata[p, _VCAP] != k:  # this word once per new pair
-                        pdata[p, _VCAP] = k
-                        pdata[p, _VLEN] += 1
-                        tmp[2 * nt] = p
-                        tmp[2 * nt + 1] = k
-                        nt += 1
-                    last = q
+                n = j
+                wd[k, _LEN] = n
+                # new pairs around each new symbol, each position once (the
+                # symbols' positions are kept by the rewrite: -6% against a scan)
+                last = -1
+                for ti in range(nocc):
+                    jj = tpos[ti]
+                    q0 = max(jj - 1, last + 1)
+                    q1 = min(jj, n - 2)
+                    for q in range(q0, q1 + 1):
+                        x = ws[2 * (base + q)]
+                        y = ws[2 * (base + q + 1)]
+                        if y == t:
+                            p = lnew[x]
+                            if p == -1:
+                                p = npairs
+                                _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
+                                npairs += 1
+                                lnew[x] = p
+                        else:
+                            p = rnew[y]
+                            if p == -1:
+                                p = npairs
+                                _pair_add(pdata, p, (np.int64(x) << 32) | np.int64(y))
+                                npairs += 1
+                                rnew[y] = p
+                        ws[2 * (base + q) + 1] = p
+                        pdata[p, _COUNT] += w
+                        if pdata[p, _VCAP] != k:  # this word once per new pair
+                            pdata[p, _VCAP] = k
+                            pdata[p, _VLEN] += 1
+                            tmp[2 * nt] = p
+                            tmp[2 * nt + 1] = k
+                            nt += 1
+                        last = q
         while na < nd:  # the decrements still deferred
             j = na & _DEC_MASK
             pdata[dec_p[j], _COUNT] -= dec_w[j]
