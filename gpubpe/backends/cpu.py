@@ -28,8 +28,8 @@ full recount):
   the last entry is checked), so no per-merge stamp is needed.
 * prefetching  the words a merge visits are known in advance: the loop asks
   for the records of the word 16 ahead and all the symbols of the word 8
-  ahead (``llvm.prefetch`` through a Numba intrinsic). Vectors are filled in word order, so the visits walk memory
-  forwards.
+  ahead (``llvm.prefetch`` through a Numba intrinsic). Vectors are filled in
+  word order, so the visits walk memory forwards.
 * 4-ary max-heap with lazy invalidation and a threshold  rows ``(count,
   key, pair id)`` (4-ary: half the levels of a binary heap, children in
   adjacent rows). A row may hold a count above the true one (decrements push
@@ -465,8 +465,9 @@ def _setup(symbols, offsets, counts, num_merges):
     # Every pair ever created is an initial pair or was made by a merge at one
     # of at most 2 positions per removed symbol, so 3 * symbols rows always
     # suffice; the 32 * num_merges guess serves the usual case (the merge
-    # loop grows it when a merge could overflow it). It holds all initial pairs (at most 256 * 256), so they are
-    # written here in place, with no growth check in the scan.
+    # loop grows it when a merge could overflow it). It holds all initial
+    # pairs (at most 256 * 256), so they are written here in place, with no
+    # growth check in the scan.
     pdata = np.empty((max(1 << 16, min(32 * num_merges, 3 * nsym)), _PCOLS), np.int64)
     npairs = 0
     # ws[2 i] is symbol i, ws[2 i + 1] the id of the pair starting there:
@@ -683,11 +684,11 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                     need = n
                     break
                 vi += 1
-                # old pairs around each occurrence, each position once; the merged
-                # pair itself is zeroed after the loop
-                # (a pair id names one key, and a word's pair ids are kept exact,
-                # so the occurrences are the positions holding the pair's id: one
-                # load each instead of two symbols)
+                # Old pairs around each occurrence, each position once; the
+                # merged pair itself is zeroed after the loop. A pair id names
+                # one key and a word's pair ids are kept exact, so the
+                # occurrences are the positions holding the pair's id (one
+                # load each, not two symbols).
                 first = -1  # the first occurrence: the symbols before it stay as they are
                 nocc = 0  # occurrences, their positions at tpos[:nocc]
                 last = -1
@@ -710,8 +711,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                                 dec_w[nd & _DEC_MASK] = w
                                 nd += 1
                                 if nd - na > _DEC_LAG:
-                                    j = na & _DEC_MASK
-                                    pdata[dec_p[j], _COUNT] -= dec_w[j]
+                                    ri = na & _DEC_MASK
+                                    pdata[dec_p[ri], _COUNT] -= dec_w[ri]
                                     na += 1
                         last = q1
                         i += 2
@@ -730,17 +731,17 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                 src = first
                 for r in range(nocc):
                     o = tpos[r]
-                    for x in range(src, o):
-                        ws[2 * (base + j)] = ws[2 * (base + x)]
-                        ws[2 * (base + j) + 1] = ws[2 * (base + x) + 1]
+                    for c in range(src, o):
+                        ws[2 * (base + j)] = ws[2 * (base + c)]
+                        ws[2 * (base + j) + 1] = ws[2 * (base + c) + 1]
                         j += 1
                     ws[2 * (base + j)] = t
                     tpos[r] = j
                     j += 1
                     src = o + 2
-                for x in range(src, n):
-                    ws[2 * (base + j)] = ws[2 * (base + x)]
-                    ws[2 * (base + j) + 1] = ws[2 * (base + x) + 1]
+                for c in range(src, n):
+                    ws[2 * (base + j)] = ws[2 * (base + c)]
+                    ws[2 * (base + j) + 1] = ws[2 * (base + c) + 1]
                     j += 1
                 n = j
                 wd[k, _LEN] = n
@@ -778,8 +779,8 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                             nt += 1
                         last = q
         while na < nd:  # the decrements still deferred
-            j = na & _DEC_MASK
-            pdata[dec_p[j], _COUNT] -= dec_w[j]
+            ri = na & _DEC_MASK
+            pdata[dec_p[ri], _COUNT] -= dec_w[ri]
             na += 1
         if best != -1:
             garbage += pdata[best, _VLEN]
