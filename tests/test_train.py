@@ -149,6 +149,30 @@ def test_wordtable_wide_counts_match_oracle(backend_name, counts, n):
     assert as_bytes == reference_merges_from_counts(counts, n)
 
 
+@pytest.mark.parametrize("engine", ["cpu-numba", "cpu-steps"])
+def test_buffers_that_grow_mid_merge_match_oracle(engine):
+    """The Numba loops make room before a merge (pair records) or out of the
+    word loop (the merge's (pair, word) records) and add with plain stores:
+    here the first merge needs both to grow. Every byte pair occurs (65,536
+    initial pairs fill the pair records' first allocation), and (a, b) tops
+    in 4,096 words that each make two new pairs (8,192 records, twice the
+    first buffer)."""
+    from ._helpers import merge_fn
+
+    counts = {bytes([x, y]): 1 for x in range(256) for y in range(256)}
+    for c in range(64):
+        for d in range(64):
+            counts[bytes([c, 97, 98, d])] = 5
+    got = merge_fn(engine)(WordTable.from_counts(counts), 4)
+    vocab = {i: bytes([i]) for i in range(256)}
+    as_bytes = []
+    for a, b in got.tolist():
+        as_bytes.append((vocab[a], vocab[b]))
+        vocab[len(vocab)] = vocab[a] + vocab[b]
+    assert as_bytes[0] == (b"a", b"b")
+    assert as_bytes == reference_merges_from_counts(counts, 4)
+
+
 def test_long_runs_merge_non_overlapping(merge):
     # (a,a) counts 4 + 2*3; then 'aaaaa' -> aa aa a and 'aaa' -> aa a, so
     # (aa,aa) counts 1 and (aa,a) 1 + 3; then 'aaaaa' -> aa aaa

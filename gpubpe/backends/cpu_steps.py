@@ -73,8 +73,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _compact, _forced_pair, _heap_push,
-                  _new_pair, _place, _pop_best, _refill, _setup, _token_bytes, prefetch)
+from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _buf_size, _compact, _forced_pair,
+                  _grown, _grown_rows, _heap_add, _heap_rows, _pair_add, _place, _pop_best, _refill, _setup,
+                  _token_bytes, prefetch)
 
 _SELF = -2  # the merge's own new token while its created pairs are counted
 
@@ -242,7 +243,7 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
         symbols, offsets, counts, num_merges)
     garbage = 0
     h = np.empty((max(1024, 4 * npairs), 3), np.int64)
-    h, size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen, rank)
+    size, thresh = _refill(h, pdata, npairs, np.int64(1) << 62, buf, toff, tlen, rank)
 
     ntok = 256 + num_merges
     merges = np.empty((num_merges, 2), np.int32)
@@ -289,15 +290,19 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             nacc = 1
         else:
             limit = min(max_cand, num_merges - m)
+            # pops make room, and the one push in this loop follows a pop
+            grow = _heap_rows(h.shape[0], size, npairs, 0)
+            if grow:
+                h = _grown_rows(h, size, grow)
             while nc < limit:
-                p, h, size, thresh = _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len)
+                p, size, thresh = _pop_best(h, size, thresh, pdata, npairs, buf, toff, tlen, rank, max_len)
                 if p == -1:
                     break
                 key = pdata[p, _KEY]
                 a = key >> 32
                 b = key & 0xFFFFFFFF
                 if pdata[p, _COUNT] < min_count or used_tok[a] == m or used_tok[b] == m:
-                    h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
+                    size = _heap_add(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
                     break
                 used_tok[a] = m
                 used_tok[b] = m
@@ -333,9 +338,14 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                     break
                 nacc += 1
             stamp += nc
-            for k in range(nacc, nc):  # the rejected tail goes back
+            # the rejected tail goes back (a refill between the pops may have
+            # filled the heap since they were popped)
+            grow = _heap_rows(h.shape[0], size, npairs, nc - nacc)
+            if grow:
+                h = _grown_rows(h, size, grow)
+            for k in range(nacc, nc):
                 p = cand[k]
-                h, size = _heap_push(h, size, pdata[p, _COUNT], pdata[p, _KEY], p, buf, toff, tlen, rank)
+                size = _heap_add(h, size, pdata[p, _COUNT], pdata[p, _KEY], p, buf, toff, tlen, rank)
             for k in range(nacc):
                 merges[m + k, 0] = pdata[cand[k], _KEY] >> 32
                 merges[m + k, 1] = pdata[cand[k], _KEY] & 0xFFFFFFFF
@@ -345,7 +355,10 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             a = np.int64(merges[m + k, 0])
             b = np.int64(merges[m + k, 1])
             mcount[m + k] = ccount[k]
-            buf, buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
+            grow = _buf_size(buf.shape[0], buf_used, tlen[a] + tlen[b])
+            if grow:
+                buf = _grown(buf, buf_used, grow)
+            buf_used = _token_bytes(buf, buf_used, toff, tlen, t, a, b)
             if cand[k] != -1:
                 acc[cand[k]] = t
 
@@ -402,6 +415,15 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                 pdata[dec[2 * r], _COUNT] -= dec[2 * r + 1]
         first_new = npairs
         nt = 0
+        # each new-pair record makes at most one pair and one (pair, word)
+        # record: room for all of them first, so the loop below only stores
+        nrec = 0
+        for c in range(nch):
+            nrec += nnew[c]
+        if npairs + nrec > pdata.shape[0]:
+            pdata = _grown_rows(pdata, npairs, max(2 * pdata.shape[0], npairs + nrec))
+        if 2 * nrec > tmp.shape[0]:
+            tmp = _grown(tmp, 0, max(2 * tmp.shape[0], 2 * nrec))
         for c in range(nch):
             for r in range(roff[c], roff[c] + nnew[c]):
                 key = new[4 * r]
@@ -413,7 +435,9 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                 else:
                     p = rnew[x - first, y] - 1
                 if p == -1:
-                    p, pdata, npairs = _new_pair(pdata, npairs, key)
+                    p = npairs
+                    _pair_add(pdata, p, key)
+                    npairs += 1
                     if y >= first:
                         lnew[y - first, x] = p + 1
                     else:
@@ -423,10 +447,6 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                 if pdata[p, _VCAP] != k:  # this word once per new pair
                     pdata[p, _VCAP] = k
                     pdata[p, _VLEN] += 1
-                    if 2 * nt == tmp.shape[0]:
-                        grown = np.empty(2 * tmp.shape[0], np.int32)
-                        grown[: 2 * nt] = tmp
-                        tmp = grown
                     tmp[2 * nt] = p
                     tmp[2 * nt + 1] = k
                     nt += 1
@@ -440,10 +460,15 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                 garbage += pdata[p, _VLEN]
                 pdata[p, _COUNT] = 0
                 pdata[p, _VLEN] = 0
-        pool, used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
+        if used + nt > pool.shape[0]:
+            pool = _grown(pool, used, used + nt + pool.shape[0] // 2)
+        used = _place(pool, used, pdata, first_new, npairs, tmp, nt)
         if 4 * garbage > used and garbage > (1 << 20):
             used = _compact(pool, pdata, npairs)
             garbage = 0
+        grow = _heap_rows(h.shape[0], size, npairs, npairs - first_new)
+        if grow:
+            h = _grown_rows(h, size, grow)
         for p in range(first_new, npairs):
             key = pdata[p, _KEY]
             x = key >> 32
@@ -453,7 +478,7 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
             else:
                 rnew[x - first, y] = 0
             if pdata[p, _COUNT] >= thresh:
-                h, size = _heap_push(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
+                size = _heap_add(h, size, pdata[p, _COUNT], key, p, buf, toff, tlen, rank)
         # the pairs a step creates, for a later forced merge's lookup (forced
         # merges come first and are steps of one, so only those entries are read)
         for k in range(nacc):
