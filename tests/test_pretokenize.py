@@ -483,6 +483,27 @@ def test_numba_loads_without_scipy_and_blas_still_works():
     assert out.stdout.split() == ["[2,", "5]", "False", "True", "True"], out.stdout
 
 
+def test_cached_code_loads_without_the_context_refresh_and_numba_still_compiles():
+    # gpubpe._numba loads gpubpe's cached machine code without Numba's context
+    # refresh (which imports typed dicts, cffi, ... for compiling): the counts
+    # are the regex engine's, the refresh's imports did not happen, and other
+    # Numba code in the process (here a typed dict) still compiles and runs
+    code = (
+        "import sys, gpubpe; from pathlib import Path; from gpubpe import config;"
+        f"p = Path({str(FIXTURES / 'german.txt')!r});"
+        "slow = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>']);"
+        "config.NUMBA_PRETOKENIZE_BYTES = 0;"
+        "fast = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>'], workers=2);"
+        "print('numba' in sys.modules, fast == slow, 'numba.typed.dictimpl' in sys.modules);"
+        "import numba; from numba import types; from numba.typed import Dict;"
+        "f = numba.njit(lambda n: sum([Dict.empty(types.int64, types.int64).get(i, i) for i in range(n)]));"
+        "print(f(5))"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)  # fills the cache if it is cold
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False", "10"], out.stdout
+
+
 # ---------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------
