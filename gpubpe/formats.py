@@ -134,12 +134,17 @@ def _dumps_indented(doc, indent: int) -> str:
                 return "{}"
             if not all(type(k) is str for k in v):
                 raise _NotPlain
-            items = [f"{inner}{enc(k)}: {value(x, inner)}" for k, x in v.items()]
+            # str and int values inline: a call per vocab entry or merge side is most of the time
+            items = [f"{inner}{enc(k)}: "
+                     f"{enc(x) if type(x) is str else int.__repr__(x) if type(x) is int else value(x, inner)}"
+                     for k, x in v.items()]
             return "{\n" + ",\n".join(items) + "\n" + pad + "}"
         if isinstance(v, (list, tuple)):
             if not v:
                 return "[]"
-            return "[\n" + ",\n".join([inner + value(x, inner) for x in v]) + "\n" + pad + "]"
+            sep = ",\n" + inner
+            items = [enc(x) if type(x) is str else value(x, inner) for x in v]
+            return "[\n" + inner + sep.join(items) + "\n" + pad + "]"
         raise _NotPlain
 
     step = " " * indent
