@@ -22,7 +22,7 @@ cffi with pycparser, NumPy's random and polynomial code, ...): 0.1-0.15 s of
 a fresh process's first compiled call (2-core VM), needed only to compile.
 Code loaded from the cache is already compiled; it needs the runtime (NRT),
 which is initialized here as the refresh would. :func:`load` makes that so
-for gpubpe's own functions only (their module is ``gpubpe.*``): the cached
+for gpubpe's own CPU functions only (their module is ``gpubpe.*``): the cached
 code is loaded without the refresh, and where the cache has no entry for the
 signature (first run, changed code) Numba's own path runs, refresh and
 compile included. Every other function, and every compilation, goes through
@@ -69,6 +69,7 @@ def load() -> None:
 def _load_cached_without_refresh() -> None:
     """Load gpubpe's cached machine code without Numba's context refresh (see the module notes)."""
     from numba.core import caching
+    from numba.core.cpu import CPUContext
     from numba.core.runtime import nrt
 
     cache = caching.Cache
@@ -79,7 +80,8 @@ def _load_cached_without_refresh() -> None:
         return  # done already, or a Numba whose cache is laid out otherwise: leave it as it is
 
     def load_overload(self, sig, target_context):
-        if getattr(getattr(self, "_py_func", None), "__module__", "").startswith("gpubpe."):
+        ours = getattr(getattr(self, "_py_func", None), "__module__", "").startswith("gpubpe.")
+        if ours and isinstance(target_context, CPUContext):  # the CPU target only: NRT is set up for it here
             nrt.rtsys.initialize(target_context)  # what the refresh does first; once per process
             with self._guard_against_spurious_io_errors():
                 cres = self._load_overload(sig, target_context)

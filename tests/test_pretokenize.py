@@ -486,15 +486,21 @@ def test_numba_loads_without_scipy_and_blas_still_works():
 def test_cached_code_loads_without_the_context_refresh_and_numba_still_compiles():
     # gpubpe._numba loads gpubpe's cached machine code without Numba's context
     # refresh (which imports typed dicts, cffi, ... for compiling): the counts
-    # are the regex engine's, the refresh's imports did not happen, and other
-    # Numba code in the process (here a typed dict) still compiles and runs
+    # are the regex engine's, the merge loops loaded the same way (the step
+    # loop's threads included) make the plain-Python loop's merges, the
+    # refresh's imports did not happen, and other Numba code in the process
+    # (here a typed dict) still compiles and runs
     code = (
         "import sys, gpubpe; from pathlib import Path; from gpubpe import config;"
         f"p = Path({str(FIXTURES / 'german.txt')!r});"
         "slow = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>']);"
         "config.NUMBA_PRETOKENIZE_BYTES = 0;"
         "fast = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>'], workers=2);"
-        "print('numba' in sys.modules, fast == slow, 'numba.typed.dictimpl' in sys.modules);"
+        "import numpy as np; from gpubpe import backends; from gpubpe.wordtable import WordTable;"
+        "wt = WordTable.from_counts(fast); o = backends.MergeOptions();"
+        "r = [backends._cpu(e)(wt, 200, np.zeros(2, np.int64), o) for e in ('steps', 'numba', 'python')];"
+        "same = all(x[0].tolist() == r[2][0].tolist() and x[1].tolist() == r[2][1].tolist() for x in r);"
+        "print('numba' in sys.modules, fast == slow and same, 'numba.typed.dictimpl' in sys.modules);"
         "import numba; from numba import types; from numba.typed import Dict;"
         "f = numba.njit(lambda n: sum([Dict.empty(types.int64, types.int64).get(i, i) for i in range(n)]));"
         "print(f(5))"
