@@ -371,3 +371,27 @@ def test_gpt2_own_files_convert(tmp_path):
         ids = gpt2.encode(text)
         assert hf.encode(text).ids == ids
         assert from_tiktoken.encode(text) == ids
+
+
+@pytest.mark.parametrize("indent", [0, 1, 2])
+def test_indented_json_is_json_dumps_text(indent):
+    # tokenizer.json and vocab.json are written by a faster formatter: the
+    # same text as json.dumps(ensure_ascii=False, indent=...), escapes,
+    # nesting, empty containers and scalars included; a value it does not
+    # write itself (a float, an int key) leaves the document to json.dumps
+    docs = [
+        {"a": [1, [], {}, None, True, False, "x\n\"y\"\\\t\x00é中\U0001F600\ud800"], "": {"k": [[1, 2], ("t",)]}},
+        {formats.escape(bytes([b, 255 - b])): b for b in range(256)},
+        [], {}, "s", 7, None,
+        {"f": 1.5, "n": [float("inf")]}, {1: "int key"}, [{"deep": [[[]]]}],
+    ]
+    for doc in docs:
+        assert formats._dumps_indented(doc, indent) == json.dumps(doc, ensure_ascii=False, indent=indent)
+
+
+def test_escape_is_the_byte_to_unicode_table():
+    # escape() translates through latin-1: each byte to GPT-2's stand-in
+    table = gpt2_bytes_to_unicode()
+    every = bytes(range(256))
+    assert formats.escape(every) == "".join(table[b] for b in every)
+    assert formats.unescape(formats.escape(every)) == every and formats.escape(b"") == ""

@@ -328,7 +328,8 @@ def test_two_tables_make_one_word_table_without_a_merge(split):
     # the last two worker tables are read into one WordTable in two threads
     # (machine.emit_pair): words in both tables once with their summed counts,
     # words of either alone once, in every length class (short, mid, long),
-    # an empty table included; the dict (which merges first) agrees
+    # an empty table included; the dict, read from the pair the same way,
+    # agrees, and so does the dict of the two merged
     rng = random.Random(int(split * 10))
     words = [" " + "".join(rng.choice("abcdefghij") for _ in range(rng.randrange(1, 30))) for _ in range(8_000)]
     words += [" " + "q" * k for k in range(1, 40)] * 2
@@ -346,7 +347,61 @@ def test_two_tables_make_one_word_table_without_a_merge(split):
         table = a.to_wordtable()
         assert table.num_words == len(expected)  # each word once
         assert table.to_counts() == expected
-        assert a.to_dict() == expected and a.deferred is None  # merged on the way
+        assert a.to_dict() == expected and a.deferred is b  # read as a pair, not merged
+        a._settle()
+        assert a.deferred is None and a.to_dict() == expected
+
+
+@pytest.mark.parametrize("kind", ["empty", "one empty", "ascii", "non-ascii", "every byte"])
+def test_dict_of_two_tables_read_as_a_pair(kind):
+    # to_dict() of a table with a deferred one reads both in two threads
+    # into one gapped byte buffer and splits it at a byte no word holds, or
+    # slices it where every byte value occurs: the same dict as the simple
+    # reference (Counter of the regex pre-tokens), both orders of the pair
+    rng = random.Random(kind)
+    if kind == "empty":
+        data = b""
+    elif kind == "ascii":
+        data = "".join(" " + "".join(rng.choice("abcxyz09!") for _ in range(rng.randrange(1, 25)))
+                       for _ in range(3_000)).encode()
+    elif kind == "every byte":  # invalid UTF-8 bytes are characters of their own: all 256 values in words
+        data = b"".join(bytes([32] + [rng.randrange(256) for _ in range(rng.randrange(1, 20))]) for _ in range(3_000))
+        data += bytes(range(256))
+    else:
+        data = "".join(" " + "".join(rng.choice("aé中١ 'x\n") for _ in range(rng.randrange(1, 25)))
+                       for _ in range(3_000)).encode() + b"\xc3 \xff"
+    cut = C.cut_after(data, (), len(data) // 2) if data else -1
+    cut = len(data) if cut < 0 or kind == "one empty" else cut
+    if kind == "one empty":
+        data, cut = b" one empty table and  two   words", 0
+    expected = Counter(reference_pretokens(data))
+    if kind == "every byte":
+        assert len({x for w in expected for x in w}) == 256  # the slicing path is taken
+    tabs = U.scan_tables()
+    for swap in (False, True):
+        a, b = TB.CountTable(words=4), TB.CountTable(words=4)
+        a.add_chunk(data, (), tabs, 0, cut)
+        b.add_chunk(data, (), tabs, cut, len(data))
+        if swap:
+            a, b = b, a
+        a.deferred = b
+        got = a.to_dict()
+        assert got == expected and list(map(type, got)) == [bytes] * len(got)
+
+
+def test_words_dict_against_a_simple_reference():
+    # the dict builder alone, on gapped buffers made the simple way: split at
+    # the separator, sliced without one; no words, one word, an empty gap byte
+    rng = random.Random(5)
+    for n in (0, 1, 2, 50, 2_000):
+        words = list({bytes(rng.randrange(256) for _ in range(rng.randrange(1, 12))) for _ in range(n)})
+        counts = [rng.randrange(1, 1000) for _ in words]
+        used = {x for w in words for x in w}
+        for sep in [max(set(range(256)) - used, default=-1), -1]:
+            raw = bytes([max(sep, 0)]).join(words)
+            offsets = np.cumsum([0] + [len(w) for w in words]).astype(np.int64)
+            got = TB._words_dict(np.frombuffer(raw, np.uint8), offsets, np.asarray(counts, np.int64), sep)
+            assert got == dict(zip(words, counts))
 
 
 def test_long_word_hash_is_its_definition():
@@ -426,6 +481,33 @@ def test_numba_loads_without_scipy_and_blas_still_works():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[2,", "5]", "False", "True", "True"], out.stdout
+
+
+def test_cached_code_loads_without_the_context_refresh_and_numba_still_compiles():
+    # gpubpe._numba loads gpubpe's cached machine code without Numba's context
+    # refresh (which imports typed dicts, cffi, ... for compiling): the counts
+    # are the regex engine's, the merge loops loaded the same way (the step
+    # loop's threads included) make the plain-Python loop's merges, the
+    # refresh's imports did not happen, and other Numba code in the process
+    # (here a typed dict) still compiles and runs
+    code = (
+        "import sys, gpubpe; from pathlib import Path; from gpubpe import config;"
+        f"p = Path({str(FIXTURES / 'german.txt')!r});"
+        "slow = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>']);"
+        "config.NUMBA_PRETOKENIZE_BYTES = 0;"
+        "fast = gpubpe.count_pretokens(p, special_tokens=['<|endoftext|>'], workers=2);"
+        "import numpy as np; from gpubpe import backends; from gpubpe.wordtable import WordTable;"
+        "wt = WordTable.from_counts(fast); o = backends.MergeOptions();"
+        "r = [backends._cpu(e)(wt, 200, np.zeros(2, np.int64), o) for e in ('steps', 'numba', 'python')];"
+        "same = all(x[0].tolist() == r[2][0].tolist() and x[1].tolist() == r[2][1].tolist() for x in r);"
+        "print('numba' in sys.modules, fast == slow and same, 'numba.typed.dictimpl' in sys.modules);"
+        "import numba; from numba import types; from numba.typed import Dict;"
+        "f = numba.njit(lambda n: sum([Dict.empty(types.int64, types.int64).get(i, i) for i in range(n)]));"
+        "print(f(5))"
+    )
+    subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)  # fills the cache if it is cold
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False", "10"], out.stdout
 
 
 # ---------------------------------------------------------------------------

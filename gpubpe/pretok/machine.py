@@ -820,12 +820,19 @@ def table_bytes(short, mid, n):
 
 @njit(cache=True, nogil=True)
 def emit_pair(short, mid, hashes, offs, arena, counts, n, o_short, o_mid, o_slots, o_offs, o_arena, o_counts,
-              first, symbols, offsets, out_counts, w0, pos0):
+              first, symbols, offsets, out_counts, w0, pos0, g, seen):
     """Write this table's words as WordTable rows from row ``w0`` and symbol
     ``pos0`` on (``offsets[w0]`` already set): with ``first``, every word,
     its count plus the other table's (arrays prefixed ``o_``) where that has
     it; without, only the words the other table lacks. Returns the rows
-    written."""
+    written.
+
+    ``g`` 1 lays the words out as :func:`flatten` with ``gaps`` does (one
+    byte left after every word, word ``k`` at ``symbols[offsets[k] + k:
+    offsets[k + 1] + k]``, ``pos0`` counting the gaps before it) and marks
+    every byte value written in ``seen`` (256 entries), from which the
+    caller picks the separator; ``g`` 0 is a WordTable's layout (``seen``
+    untouched)."""
     smask = o_short.shape[0] // 2 - 1
     mmask = o_mid.shape[0] // 3 - 1
     w = w0
@@ -850,11 +857,14 @@ def emit_pair(short, mid, hashes, offs, arena, counts, n, o_short, o_mid, o_slot
             continue
         length = np.int64(key & np.uint64(0xFF))
         for t in range(length):
-            symbols[pos + t] = (key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
-        pos += length
+            x = (key >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
+            symbols[pos + t] = x
+            if g:
+                seen[x] = 1
+        pos += length + g
         out_counts[w] = np.int64(short[2 * r + 1] + other)
         w += 1
-        offsets[w] = pos
+        offsets[w] = pos - g * w
     for r in range(mid.shape[0] // 3):
         k1 = mid[3 * r + 1]
         if k1 == 0:
@@ -876,13 +886,19 @@ def emit_pair(short, mid, hashes, offs, arena, counts, n, o_short, o_mid, o_slot
             continue
         length = np.int64(k1 & np.uint64(0xFF))
         for t in range(8):
-            symbols[pos + t] = (k0 >> np.uint64(8 * t)) & np.uint64(0xFF)
+            x = (k0 >> np.uint64(8 * t)) & np.uint64(0xFF)
+            symbols[pos + t] = x
+            if g:
+                seen[x] = 1
         for t in range(length - 8):
-            symbols[pos + 8 + t] = (k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
-        pos += length
+            x = (k1 >> np.uint64(8 * (t + 1))) & np.uint64(0xFF)
+            symbols[pos + 8 + t] = x
+            if g:
+                seen[x] = 1
+        pos += length + g
         out_counts[w] = np.int64(mid[3 * r + 2] + other)
         w += 1
-        offsets[w] = pos
+        offsets[w] = pos - g * w
     for k in range(n[0]):
         o = offs[k]
         e = offs[k + 1]
@@ -891,8 +907,10 @@ def emit_pair(short, mid, hashes, offs, arena, counts, n, o_short, o_mid, o_slot
             continue
         for t in range(e - o):
             symbols[pos + t] = arena[o + t]
-        pos += e - o
+            if g:
+                seen[arena[o + t]] = 1
+        pos += e - o + g
         out_counts[w] = counts[k] + (o_counts[x] if x >= 0 else 0)
         w += 1
-        offsets[w] = pos
+        offsets[w] = pos - g * w
     return w - w0

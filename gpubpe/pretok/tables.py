@@ -21,8 +21,8 @@ class CountTable:
     _FIELDS = ("short", "mid", "slots", "hashes", "offs", "arena", "counts")
 
     # A second table whose words this one stands for too, not yet merged in:
-    # to_wordtable() reads both in two threads (machine.emit_pair), anything
-    # else merges it first (_settle).
+    # to_wordtable() and to_dict() read both in two threads (machine.emit_pair),
+    # anything else merges it first (_settle).
     deferred: "CountTable | None" = None
 
     def __init__(self, words: int = 1 << 10, arena: int = 1 << 14):
@@ -83,30 +83,37 @@ class CountTable:
                                               np.empty(0, np.int32))
         return symbols, offsets, counts
 
-    def _pair_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _pair_arrays(self, g: int = 0, dtype=np.int32):
         """:meth:`arrays` of this table and the deferred one, written in two
         threads (one per table) into the same arrays. They are sized for both
         tables' words and returned as views of that: the slack is the bytes
         of the words both tables hold (8.5% of the symbols on small.txt with
-        2 workers, 2 MB), cheaper to keep than to copy the arrays to trim it."""
+        2 workers, 2 MB), cheaper to keep than to copy the arrays to trim it.
+
+        ``g`` 1: the bytes (``dtype`` uint8) laid out with a gap after each
+        word, as :func:`~gpubpe.pretok.machine.flatten` with ``gaps`` does,
+        gaps not yet filled; a fourth value is then the byte values written
+        (``seen``, 256 entries)."""
         from .machine import emit_pair, table_bytes
 
         a, b = self, self.deferred
         wa, ba = table_bytes(a.short, a.mid, a.n)
         wb, bb = table_bytes(b.short, b.mid, b.n)
-        symbols = np.empty(ba + bb, np.int32)
+        symbols = np.empty(ba + bb + g * (wa + wb), dtype)
         offsets = np.empty(wa + wb + 1, np.int64)
         counts = np.empty(wa + wb, np.int64)
         offsets[0], offsets[wa] = 0, ba
         rows = [0, 0]
+        seen = [np.zeros(256 if g else 0, np.uint8) for _ in range(2)]
 
         def emit(k: int, t: CountTable, o: CountTable, w0: int, pos0: int) -> None:
             rows[k] = emit_pair(t.short, t.mid, t.hashes, t.offs, t.arena, t.counts, t.n, o.short, o.mid, o.slots,
-                                o.offs, o.arena, o.counts, k == 0, symbols, offsets, counts, w0, pos0)
+                                o.offs, o.arena, o.counts, k == 0, symbols, offsets, counts, w0, pos0, g, seen[k])
 
-        _in_threads(emit, [(0, a, b, 0, 0), (1, b, a, wa, ba)])
+        _in_threads(emit, [(0, a, b, 0, 0), (1, b, a, wa, ba + g * wa)])
         total = rows[0] + rows[1]
-        return symbols[: offsets[total]], offsets[: total + 1], counts[:total]
+        out = symbols[: offsets[total] + g * max(total - 1, 0)], offsets[: total + 1], counts[:total]
+        return (*out, seen[0] | seen[1]) if g else out
 
     def to_wordtable(self):
         from ..wordtable import WordTable
@@ -122,22 +129,40 @@ class CountTable:
         the counts' ``tolist`` 0.003 s and ``dict(zip(...))`` 0.055-0.065 s,
         which is CPython inserting 400,000 keys (hashing them first, or
         turning the GC off, changes nothing measurable): about 0.1 s that only
-        a table without Python objects (:meth:`to_wordtable`) avoids."""
+        a table without Python objects (:meth:`to_wordtable`) avoids.
+
+        A deferred table is not merged first: both are read in two threads
+        (as :meth:`to_wordtable` does), which skips the last merge, a chain
+        of insertions in one thread (0.03-0.06 s on small.txt, 2 workers)."""
         from .machine import flatten
 
-        self._settle()
-        raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n, True,
-                                            np.empty(0, np.uint8))
-        if offsets.shape[0] == 1:
-            return {}
-        data = raw.tobytes()
-        if sep >= 0:
-            words = data.split(bytes([sep]))
-        else:  # every byte value occurs in some word: slice (word k starts k gap bytes later)
-            k = np.arange(offsets.shape[0] - 1, dtype=np.int64)
-            starts, ends = (offsets[:-1] + k).tolist(), (offsets[1:] + k).tolist()
-            words = map(data.__getitem__, map(slice, starts, ends))
-        return dict(zip(words, counts.tolist()))
+        if self.deferred is not None:
+            raw, offsets, counts, seen = self._pair_arrays(1, np.uint8)
+            free = np.flatnonzero(seen == 0)
+            sep = int(free[-1]) if free.shape[0] else -1
+            if sep >= 0 and offsets.shape[0] > 2:
+                raw[offsets[1:-1] + np.arange(offsets.shape[0] - 2)] = sep  # the gaps: after each word but the last
+        else:
+            raw, offsets, counts, sep = flatten(self.short, self.mid, self.offs, self.arena, self.counts, self.n,
+                                                True, np.empty(0, np.uint8))
+        return _words_dict(raw, offsets, counts, sep)
+
+
+def _words_dict(raw: np.ndarray, offsets: np.ndarray, counts: np.ndarray, sep: int) -> dict[bytes, int]:
+    """``{word: count}`` of words laid out with one gap byte after each but
+    the last (word ``k`` at ``raw[offsets[k] + k: offsets[k + 1] + k]``),
+    the gaps set to ``sep``, a byte no word holds (-1: every byte value
+    occurs, and the words are sliced instead of split)."""
+    if offsets.shape[0] == 1:
+        return {}
+    data = raw.tobytes()
+    if sep >= 0:
+        words = data.split(bytes([sep]))
+    else:  # every byte value occurs in some word: slice (word k starts k gap bytes later)
+        k = np.arange(offsets.shape[0] - 1, dtype=np.int64)
+        starts, ends = (offsets[:-1] + k).tolist(), (offsets[1:] + k).tolist()
+        words = map(data.__getitem__, map(slice, starts, ends))
+    return dict(zip(words, counts.tolist()))
 
 
 def _tasks(chunk: bytes, specials: tuple[bytes, ...], parts: int):
