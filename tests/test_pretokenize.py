@@ -323,6 +323,19 @@ def test_merge_all_of_many_tables(ntables):
     assert TB.merge_all(tables).to_dict() == Counter(reference_pretokens(data))
 
 
+def _deferred_pair(data: bytes, cut: int, tabs, swap: bool):
+    """Two CountTables counting ``data[:cut]`` and ``data[cut:]`` (in the other
+    order with ``swap``), the second deferred behind the first, as the last
+    two worker tables of a run are."""
+    a, b = TB.CountTable(words=4), TB.CountTable(words=4)
+    a.add_chunk(data, (), tabs, 0, cut)
+    b.add_chunk(data, (), tabs, cut, len(data))
+    if swap:
+        a, b = b, a
+    a.deferred = b
+    return a, b
+
+
 @pytest.mark.parametrize("split", [0.0, 0.3, 0.5, 1.0])
 def test_two_tables_make_one_word_table_without_a_merge(split):
     # the last two worker tables are read into one WordTable in two threads
@@ -338,12 +351,7 @@ def test_two_tables_make_one_word_table_without_a_merge(split):
     tabs = U.scan_tables()
     expected = Counter(reference_pretokens(data))
     for swap in (False, True):
-        a, b = TB.CountTable(words=4), TB.CountTable(words=4)
-        a.add_chunk(data, (), tabs, 0, cut)
-        b.add_chunk(data, (), tabs, cut, len(data))
-        if swap:
-            a, b = b, a
-        a.deferred = b
+        a, b = _deferred_pair(data, cut, tabs, swap)
         table = a.to_wordtable()
         assert table.num_words == len(expected)  # each word once
         assert table.to_counts() == expected
@@ -379,12 +387,7 @@ def test_dict_of_two_tables_read_as_a_pair(kind):
         assert len({x for w in expected for x in w}) == 256  # the slicing path is taken
     tabs = U.scan_tables()
     for swap in (False, True):
-        a, b = TB.CountTable(words=4), TB.CountTable(words=4)
-        a.add_chunk(data, (), tabs, 0, cut)
-        b.add_chunk(data, (), tabs, cut, len(data))
-        if swap:
-            a, b = b, a
-        a.deferred = b
+        a, _ = _deferred_pair(data, cut, tabs, swap)
         got = a.to_dict()
         assert got == expected and list(map(type, got)) == [bytes] * len(got)
 
