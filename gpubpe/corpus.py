@@ -511,25 +511,16 @@ def iter_chunks(
     if paths is not None:
         block_size = min(chunk_size, config.READ_BLOCK)
         for path in paths:
-            size = [0]
-
-            def counted(n, size=size):
-                size[0] += n
-                if on_bytes is not None:
-                    on_bytes(n)
-
+            record = InputRecord(path, on_bytes, manifest)
             if is_records(path):
                 blocks = _record_blocks(path, block_size, text_field=text_field, text_column=text_column)
                 cut_at = specials + (DOC_SEP,)
             else:
                 blocks, cut_at = read_blocks(path, block_size), specials
-            digest = None
-            if manifest is not None:
-                digest = input_digest()
-                blocks = _hashed(blocks, digest)
-            yield from cut_stream(blocks, cut_at, chunk_size, counted, pattern=pattern)
-            if manifest is not None:
-                manifest.append(manifest_entry(path, size[0], digest))
+            if record.digest is not None:
+                blocks = _hashed(blocks, record.digest)
+            yield from cut_stream(blocks, cut_at, chunk_size, record.add, pattern=pattern)
+            record.done()
     else:
 
         texts, batches = peek_batches(texts)
@@ -557,16 +548,28 @@ def iter_chunks(
         yield from cut_stream(encode(), specials, chunk_size, on_bytes, pattern=pattern)
 
 
-def input_digest():
-    """The hash of an input's bytes recorded in a manifest entry."""
-    import hashlib
+class InputRecord:
+    """What is recorded of one input file while it is read: its bytes counted
+    (:meth:`add`, which passes them on to ``on_bytes``) and, with a
+    ``manifest``, hashed by whoever reads them into :attr:`digest`;
+    :meth:`done` appends ``{"path", "size", "blake2b"}`` to the manifest
+    (:func:`iter_chunks`' ``manifest``)."""
 
-    return hashlib.blake2b(digest_size=16)
+    def __init__(self, path, on_bytes: Callable[[int], None] | None, manifest: list | None):
+        import hashlib
 
+        self.path, self.size = path, 0
+        self._on_bytes, self._manifest = on_bytes, manifest
+        self.digest = hashlib.blake2b(digest_size=16) if manifest is not None else None
 
-def manifest_entry(path, size: int, digest) -> dict:
-    """``{"path", "size", "blake2b"}`` of one input (:func:`iter_chunks`' ``manifest``)."""
-    return {"path": str(path), "size": size, "blake2b": digest.hexdigest()}
+    def add(self, n: int) -> None:
+        self.size += n
+        if self._on_bytes is not None:
+            self._on_bytes(n)
+
+    def done(self) -> None:
+        if self._manifest is not None:
+            self._manifest.append({"path": str(self.path), "size": self.size, "blake2b": self.digest.hexdigest()})
 
 
 def is_plain_file(path) -> bool:

@@ -43,8 +43,7 @@ from .. import config
 from ..backends import BackendUnavailable, cuda_available
 from ..backends.cuda import _Dev
 from ..backends.cuda import kernels as K
-from ..corpus import ChunkReader, count_specials, is_plain_file, iter_chunks, manifest_entry, input_digest, \
-    special_regex
+from ..corpus import ChunkReader, InputRecord, count_specials, is_plain_file, iter_chunks, special_regex
 from ..wordtable import WordTable
 from . import unicode
 
@@ -442,19 +441,11 @@ def count_device_inputs(paths, texts, specials: tuple[bytes, ...], *, backend: s
                                            text_field=text_field, text_column=text_column, manifest=manifest),
                                counted_at)
             continue
-        size = [0]
-
-        def counted(n, size=size):
-            size[0] += n
-            if on_bytes is not None:
-                on_bytes(n)
-
-        digest = input_digest() if manifest is not None else None
+        record = InputRecord(path, on_bytes, manifest)
         with ChunkReader(path, specials, chunk_size, pattern=pattern, alloc=counter.host_buffer,
-                         free=counter.give_buffer, on_bytes=counted, digest=digest) as reader:
+                         free=counter.give_buffer, on_bytes=record.add, digest=record.digest) as reader:
             counter.add_chunks(reader, counted_at, release=reader.release, pinned=not counter.dev.sim)
-        if manifest is not None:
-            manifest.append(manifest_entry(path, size[0], digest))
+        record.done()
     return counter.table()
 
 
