@@ -223,6 +223,22 @@ def _pair_add(pdata, npairs, key):
 
 
 @njit(cache=True, nogil=True, _nrt=False)
+def _pair_in_word(pdata, p, count, k, tmp, nt):
+    """Occurrences of pair ``p`` in word ``k`` add ``count``; the first one of
+    this word records (p, k) in ``tmp`` (word vectors are placed after the
+    merge, :func:`_place`; ``_VCAP`` holds the last word recorded meanwhile).
+    Returns the records in ``tmp``."""
+    pdata[p, _COUNT] += count
+    if pdata[p, _VCAP] != k:
+        pdata[p, _VCAP] = k
+        pdata[p, _VLEN] += 1
+        tmp[2 * nt] = p
+        tmp[2 * nt + 1] = k
+        nt += 1
+    return nt
+
+
+@njit(cache=True, nogil=True, _nrt=False)
 def _place(pool, used, pdata, first_new, npairs, tmp, nt):
     """Give the pairs a merge created exact-size word vectors at the pool's end
     (the pool has room for ``nt`` more entries); returns the new fill mark.
@@ -770,13 +786,7 @@ def merge_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, fo
                                 npairs += 1
                                 rnew[y] = p
                         ws[2 * (base + q) + 1] = p
-                        pdata[p, _COUNT] += w
-                        if pdata[p, _VCAP] != k:  # this word once per new pair
-                            pdata[p, _VCAP] = k
-                            pdata[p, _VLEN] += 1
-                            tmp[2 * nt] = p
-                            tmp[2 * nt + 1] = k
-                            nt += 1
+                        nt = _pair_in_word(pdata, p, w, k, tmp, nt)
                         last = q
         while na < nd:  # the decrements still deferred
             ri = na & _DEC_MASK

@@ -74,7 +74,7 @@ import numpy as np
 from numba import njit, prange
 
 from .cpu import (_COUNT, _KEY, _LEN, _OFF, _VCAP, _VLEN, _VSTART, _WCOUNT, _buf_size, _compact, _forced_pair,
-                  _grown, _grown_rows, _heap_add, _heap_rows, _pair_add, _place, _pop_best, _refill, _setup,
+                  _grown, _grown_rows, _heap_add, _heap_rows, _pair_add, _pair_in_word, _place, _pop_best, _refill, _setup,
                   _token_bytes, prefetch)
 
 _SELF = -2  # the merge's own new token while its created pairs are counted
@@ -443,13 +443,7 @@ def step_loop(symbols, offsets, counts, num_merges, progress, max_len, rank, for
                     else:
                         rnew[x - first, y] = p + 1
                 ws[2 * new[4 * r + 2] + 1] = p
-                pdata[p, _COUNT] += new[4 * r + 3]
-                if pdata[p, _VCAP] != k:  # this word once per new pair
-                    pdata[p, _VCAP] = k
-                    pdata[p, _VLEN] += 1
-                    tmp[2 * nt] = p
-                    tmp[2 * nt + 1] = k
-                    nt += 1
+                nt = _pair_in_word(pdata, p, new[4 * r + 3], k, tmp, nt)
         if npairs > acc.shape[0]:
             grown = np.full(2 * npairs, -1, np.int64)
             grown[: acc.shape[0]] = acc
