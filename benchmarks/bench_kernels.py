@@ -465,7 +465,7 @@ def run_pretok_device(args, corpus: Path) -> int:
     head.write_bytes(data)
     del data
     size = config.DEVICE_CHUNK_SIZE
-    chunks = [bytes(c) for c in _read_chunks(head, specials, size)]
+    chunks = list(_read_chunks(head, specials, size))
 
     def on_device():  # count_pretokens(backend='cuda')'s path: the file through ChunkReader into pinned buffers
         return D.count_device_inputs([head], None, specials, backend=backend, chunk_size=size, pattern=GPT2_PATTERN)
