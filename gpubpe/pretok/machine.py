@@ -75,7 +75,6 @@ _SEED = np.uint64(0xCBF29CE484222325)
 # A run of ASCII letters or digits is consumed eight bytes per step
 # (_run_end_mask), any other ASCII run by a two-instruction loop; a byte
 # >= 0x80 is decoded only where the run reaches one.
-
 #
 # Where the time goes (small.txt, 8.36 million pre-tokens, warm, one core of
 # a 2.0 GHz Xeon VM): the scan alone (mode 0, ends into a reused buffer)
@@ -86,9 +85,11 @@ _SEED = np.uint64(0xCBF29CE484222325)
 # Tried and dropped, each no faster than the loop below (within 3%) or
 # slower: scanning a batch of 256 to 4096 pre-tokens into their ends and
 # counting it in a loop of its own (with and without prefetch); no prefetch
-# (5-10% slower); rings of 1, 16 and 64; a branch-free key mask; huge pages
-# for the tables. Nearly 90% of pre-tokens are one of the 4,096 most frequent
-# words, whose slots stay in cache, so a small table in front would not help.
+# (5-10% slower); rings of 16 and 64, and of 1 (RING below was 15% faster
+# than that on an AMD EPYC, within 3% here); a branch-free key mask; huge
+# pages for the tables. Nearly 90% of pre-tokens are one of the 4,096 most
+# frequent words, whose slots stay in cache, so a small table in front would
+# not help.
 
 HIGH = 4  # cls[] of a byte >= 0x80: decode the sequence it starts
 RING = 32  # words in flight between the prefetch of their slot and their addition (a power of 2;
